@@ -1,0 +1,28 @@
+"""Shared test setup: one test suite for both machines.
+
+With a CUDA GPU the kernels run natively at real sizes; without one they run on the CPU through
+Triton's interpreter (TRITON_INTERPRET=1, set here before fusedscan is imported) at small sizes.
+"""
+
+import os
+import sys
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_GPU = DEVICE == "cuda"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    """Fresh random inputs per test, reproducible from the printed seed."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    request.node.user_properties.append(("seed", seed))
+    yield

@@ -1,0 +1,113 @@
+"""Bad input raises TypeError / ValueError / NotImplementedError naming the argument, before any
+kernel runs."""
+
+import math
+
+import pytest
+import torch
+
+from fusedscan import selective_scan_ext
+from fusedscan.selective_scan.validate import check_inputs
+from tests.conftest import DEVICE
+from tests.helpers import make_case
+
+BATCH, DIM, L, N = 2, 8, 20, 4
+
+
+def base(**over):
+    args, kwargs = make_case(BATCH, DIM, L, N, initial_state=True, delta_scale="tensor",
+                             a_scale="dim", delta_threshold=True, keep=5)
+    names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus"]
+    call = dict(zip(names, args), **kwargs)
+    call.update(over)
+    return call
+
+
+def t(*shape, dtype=torch.float32):
+    return torch.randn(*shape, device=DEVICE).to(dtype)
+
+
+CASES = [
+    # (override, exception, words the message must contain)
+    (dict(u=[1.0]), TypeError, ["u", "torch.Tensor"]),
+    (dict(u=t(BATCH, DIM, L).double()), TypeError, ["u", "float32"]),
+    (dict(u=t(BATCH, DIM, L).int()), TypeError, ["u", "dtype"]),
+    (dict(u=t(DIM, L)), ValueError, ["u", "3-D"]),
+    (dict(delta=t(BATCH, DIM, L + 1)), ValueError, ["delta", "shape"]),
+    (dict(delta=t(BATCH, DIM, L).double()), TypeError, ["delta"]),
+    (dict(A=t(DIM, N) * (1 + 1j)), NotImplementedError, ["A", "complex"]),
+    (dict(A=t(DIM + 1, N)), ValueError, ["A", "(dim, N)"]),
+    (dict(A=t(DIM, N, dtype=torch.bfloat16)), TypeError, ["A", "float32"]),
+    (dict(A=t(DIM, 257)), ValueError, ["A", "256"]),
+    (dict(B=t(BATCH, N + 1, L)), ValueError, ["B", "(batch, N, L)"]),
+    (dict(B=t(BATCH, 3, N, L)), ValueError, ["B", "groups", "divide"]),
+    (dict(B=t(BATCH, 2, N, L + 1)), ValueError, ["B", "(batch, G, N, L)"]),
+    (dict(B=t(DIM, N, dtype=torch.bfloat16)), TypeError, ["B", "float32"]),
+    (dict(B=t(BATCH, N)), ValueError, ["B", "(dim, N)"]),
+    (dict(B=t(1, BATCH, 1, N, L)), ValueError, ["B", "5-D"]),
+    (dict(C=t(BATCH, N, L).double()), TypeError, ["C", "dtype"]),
+    (dict(C=t(DIM, N) * (1 + 1j)), NotImplementedError, ["C", "complex"]),
+    (dict(D=t(DIM + 1)), ValueError, ["D", "(dim,)"]),
+    (dict(D=t(DIM).double()), TypeError, ["D", "float32"]),
+    (dict(z=t(BATCH, DIM, L - 1)), ValueError, ["z", "shape"]),
+    (dict(z=t(BATCH, DIM, L).double()), TypeError, ["z"]),
+    (dict(delta_bias=t(1, DIM)), ValueError, ["delta_bias", "(dim,)"]),
+    (dict(delta_softplus=1), TypeError, ["delta_softplus", "bool"]),
+    (dict(return_last_state="yes"), TypeError, ["return_last_state", "bool"]),
+    (dict(initial_state=t(BATCH, DIM, N + 1)), ValueError, ["initial_state", "(batch, dim, N)"]),
+    (dict(initial_state=t(BATCH, DIM, N, dtype=torch.bfloat16)), TypeError, ["initial_state"]),
+    (dict(delta_scale="2"), TypeError, ["delta_scale", "float"]),
+    (dict(delta_scale=True), TypeError, ["delta_scale"]),
+    (dict(delta_scale=t(DIM, 1)), ValueError, ["delta_scale", "(dim,)"]),
+    (dict(delta_scale=t(DIM).half()), TypeError, ["delta_scale", "float32"]),
+    (dict(a_scale=t(N)), ValueError, ["a_scale", "(dim, N)"]),
+    (dict(a_scale=[1.0]), TypeError, ["a_scale"]),
+    (dict(delta_threshold=t(DIM + 1)), ValueError, ["delta_threshold", "(dim,)"]),
+    (dict(keep_idx=torch.arange(5, device=DEVICE).repeat(BATCH, 1).int()), TypeError,
+     ["keep_idx", "int64"]),
+    (dict(keep_idx=torch.arange(5, device=DEVICE)), ValueError, ["keep_idx", "(batch, K)"]),
+    (dict(keep_idx=torch.arange(5, device=DEVICE).repeat(BATCH + 1, 1)), ValueError,
+     ["keep_idx", "batch"]),
+    (dict(keep_idx=torch.zeros(BATCH, 0, dtype=torch.int64, device=DEVICE)), ValueError,
+     ["keep_idx", "K >= 1"]),
+    (dict(keep_idx=torch.tensor([[0, 2, 2], [1, 2, 3]], device=DEVICE)), ValueError,
+     ["keep_idx", "strictly increasing"]),
+    (dict(keep_idx=torch.tensor([[0, 2, 1], [1, 2, 3]], device=DEVICE)), ValueError,
+     ["keep_idx", "strictly increasing"]),
+    (dict(keep_idx=torch.tensor([[0, 2, L], [1, 2, 3]], device=DEVICE)), ValueError,
+     ["keep_idx", "[0, L)"]),
+    (dict(keep_idx=torch.tensor([[-1, 2, 3], [1, 2, 3]], device=DEVICE)), ValueError,
+     ["keep_idx", "[0, L)"]),
+    (dict(u=t(BATCH, DIM, 0), delta=t(BATCH, DIM, 0)), ValueError, ["u", ">= 1"]),
+    (dict(D=torch.randn(DIM, device="meta")), ValueError, ["D", "device"]),
+]
+
+
+@pytest.mark.parametrize("over,exc,words", CASES, ids=[f"{sorted(c[0])}-{i}" for i, c in enumerate(CASES)])
+def test_bad_input_is_named(over, exc, words):
+    call = base(**over)
+    u, delta, A, B, C = (call.pop(k) for k in ("u", "delta", "A", "B", "C"))
+    with pytest.raises(exc) as info:
+        selective_scan_ext(u, delta, A, B, C, **call)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_valid_base_case_runs():
+    call = base()
+    u, delta, A, B, C = (call.pop(k) for k in ("u", "delta", "A", "B", "C"))
+    out = selective_scan_ext(u, delta, A, B, C, **call)
+    assert out.shape == (BATCH, DIM, 5) and torch.isfinite(out).all()
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused():
+    u = torch.randn(1, 2, 3)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        check_inputs(u, u, torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4), None, None,
+                     None, False, False, None, None, None, None, None, interpreted=False)
+
+
+def test_float_scales_are_accepted_as_numbers():
+    call = base(delta_scale=2, a_scale=math.pi)
+    u, delta, A, B, C = (call.pop(k) for k in ("u", "delta", "A", "B", "C"))
+    assert torch.isfinite(selective_scan_ext(u, delta, A, B, C, **call)).all()
