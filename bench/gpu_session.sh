@@ -12,7 +12,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 } 2>&1 | tee "$OUT/versions.txt"
 
 t0=$(date +%s)
-python3 -m pytest tests/ -q -p no:cacheprovider -n 16 --junitxml="$OUT/tests.xml" ${1:+-k "$1"} \
+python3 -m pytest tests/ -q -p no:cacheprovider -n 16 --durations=12 --junitxml="$OUT/tests.xml" ${1:+-k "$1"} \
   > "$OUT/tests.log" 2>&1
 tests_rc=$?
 t1=$(date +%s)

@@ -17,7 +17,7 @@ from fusedscan.selective_scan.interface import selective_scan_fwd
 
 SHAPES = [(8, 1536, 2048), (1, 1536, 8192), (1, 1536, 32768), (1, 1536, 131072),
           (1, 4096, 32768), (4, 2048, 8192)]
-CONFIGS = [(4, 4), (8, 8)]  # (BLOCK_D, num_warps): one channel row per warp
+CONFIGS = [(4, 4), (8, 8), (8, 4)]  # (BLOCK_D, num_warps): one channel row per warp
 SEGMENTS = [1, 2]
 
 

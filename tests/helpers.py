@@ -49,15 +49,17 @@ def make_bc(kind, batch, dim, dstate, L, dtype, groups=2):
     return torch.randn(batch, groups, dstate, L, device=DEVICE).to(dtype)
 
 
-def thresholds_between_values(dt, frac=0.3):
-    """Per-channel thresholds halfway between two distinct observed Δ̂ values (so float32 and
-    float64 agree on every comparison), filtering about `frac` of the tokens; every other
-    channel gets −inf (never filtered)."""
+def thresholds_between_values(dt, lo=0.2, hi=0.4):
+    """Per-channel thresholds in the middle of the widest gap between distinct observed Δ̂
+    values whose rank lies in [lo, hi) of the channel (so float32 and float64 agree on every
+    comparison), filtering about 30% of the tokens; every other channel gets −inf."""
     thr = torch.full((dt.shape[1],), -math.inf, dtype=torch.float64)
     for d in range(0, dt.shape[1], 2):
         vals = dt[:, d].reshape(-1).double().unique()  # sorted, distinct
         if vals.numel() > 1:
-            k = min(int(frac * vals.numel()), vals.numel() - 2)
+            a = min(int(lo * vals.numel()), vals.numel() - 2)
+            b = max(min(int(hi * vals.numel()), vals.numel() - 1), a + 1)
+            k = a + int((vals[a + 1:b + 1] - vals[a:b]).argmax())
             thr[d] = (vals[k] + vals[k + 1]) / 2
     return thr.float().to(dt.device)
 
@@ -82,7 +84,9 @@ def make_case(batch, dim, L, dstate, *, dtype=torch.float32, B_kind="variable", 
     args = [u, delta, A, B, C,
             torch.randn(dim, device=dev) if D else None,
             torch.randn(batch, dim, L, device=dev).to(dtype) if z else None,
-            0.3 * torch.randn(dim, device=dev) if delta_bias else None,
+            # Without softplus a negative Δ̂ would make the state grow without bound.
+            (0.3 * torch.randn(dim, device=dev) if delta_softplus
+             else 0.3 * torch.rand(dim, device=dev)) if delta_bias else None,
             delta_softplus]
     if initial_state:
         kwargs["initial_state"] = torch.randn(batch, dim, dstate, device=dev)
