@@ -1,46 +1,53 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: versions, the test suite, the main job and the forward sweep.
-# Logs go to $OUT (or ./gpu-out); a short summary table is printed last.
-# usage (repo root): bash bench/gpu_session.sh [pytest -k expression]
-# SKIP_TESTS=1 / SKIP_SWEEP=1 leave out the test suite / the sweep.
+# GPU machine session: runs the named steps in order, logs each to $OUT/<step>.log (or
+# ./gpu-out) and prints a short summary last.
+# usage (repo root): bash bench/gpu_session.sh STEP...   (default: all steps)
+#   tests-fwd     pytest tests/test_selective_scan.py tests/test_validation.py
+#   tests-bwd     pytest tests/test_backward.py
+#   main          python -m fusedscan (forward and gradient errors against the reference)
+#   mamba         build mamba-ssm's selective_scan_cuda from .mamba-ssm/ (bench/mamba_ssm_cuda.py)
+#   memory        bench/backward_memory.py at 1×1536×32768 bf16 (needs `mamba` for the comparison)
+#   sweep         bench/sweep_forward.py
+# PYTEST_K narrows the test steps (pytest -k).
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(tests-fwd tests-bwd main mamba memory sweep)
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, 'cuda', torch.version.cuda)"
 } 2>&1 | tee "$OUT/versions.txt"
 
-t0=$(date +%s)
-tests_rc=skipped
-[ -n "${SKIP_TESTS:-}" ] || python3 -m pytest tests/ -q -p no:cacheprovider -n 16 --durations=12 --junitxml="$OUT/tests.xml" ${1:+-k "$1"} \
-  > "$OUT/tests.log" 2>&1
-[ -n "${SKIP_TESTS:-}" ] || tests_rc=$?
-t1=$(date +%s)
-python3 -m fusedscan > "$OUT/main.log" 2>&1
-main_rc=$?
-t2=$(date +%s)
-if [ -z "${SKIP_SWEEP:-}" ]; then
-  python3 bench/sweep_forward.py "$OUT/sweep_forward.csv" > "$OUT/sweep.log" 2>&1
-fi
-t3=$(date +%s)
+pytest_run() {
+  python3 -m pytest "$@" -q -p no:cacheprovider -n 16 --durations=8 ${PYTEST_K:+-k "$PYTEST_K"}
+}
 
-if [ -f "$OUT/tests.log" ]; then
-  echo "== tests ($((t1 - t0)) s, rc $tests_rc)"; tail -n 1 "$OUT/tests.log"
-  grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
-fi
-echo "== main job ($((t2 - t1)) s, rc $main_rc)"; tail -n 22 "$OUT/main.log"
-if [ -f "$OUT/sweep_forward.csv" ]; then
-  echo "== forward sweep ($((t3 - t2)) s): best config per shape (ms)"
-  python3 - "$OUT/sweep_forward.csv" <<'PY'
-import csv, sys
-best = {}
-for r in csv.DictReader(open(sys.argv[1])):
-    k = (r["dtype"], r["batch"], r["dim"], r["L"])
-    if k not in best or float(r["ms"]) < float(best[k]["ms"]):
-        best[k] = r
-for k, r in best.items():
-    print(f"{k[0]:>9} {k[1]}x{k[2]}x{k[3]:<7} {r['ms']:>8} ms  bd={r['block_d']} w={r['num_warps']} seg={r['segments']}  {r['gelem_per_s']} Gelem/s")
-PY
-fi
+summary=()
+for step in "${steps[@]}"; do
+  t0=$(date +%s)
+  case $step in
+    tests-fwd) pytest_run tests/test_selective_scan.py tests/test_validation.py --junitxml="$OUT/tests-fwd.xml" ;;
+    tests-bwd) pytest_run tests/test_backward.py --junitxml="$OUT/tests-bwd.xml" ;;
+    main) python3 -m fusedscan ;;
+    mamba) python3 bench/mamba_ssm_cuda.py build ;;
+    memory) python3 bench/backward_memory.py --csv "$OUT/backward_memory.csv" ;;
+    sweep) python3 bench/sweep_forward.py "$OUT/sweep_forward.csv" ;;
+    *) echo "unknown step $step"; false ;;
+  esac > "$OUT/$step.log" 2>&1
+  rc=$?
+  summary+=("== $step: rc $rc, $(( $(date +%s) - t0 )) s")
+done
+
+for i in "${!steps[@]}"; do
+  step=${steps[$i]}
+  echo "${summary[$i]}"
+  case $step in
+    tests-*) tail -n 1 "$OUT/$step.log"; grep -E "^(FAILED|ERROR)" "$OUT/$step.log" | head -20 ;;
+    main) tail -n 5 "$OUT/$step.log" ;;
+    mamba) tail -n 2 "$OUT/$step.log" ;;
+    memory) tail -n 4 "$OUT/$step.log" ;;
+    sweep) tail -n 3 "$OUT/$step.log" ;;
+  esac
+done

@@ -1,5 +1,8 @@
-"""Slow, plainly written PyTorch references that every fusedscan kernel is checked against."""
+"""Slow, plainly written PyTorch references that every fusedscan kernel is checked against, and
+the tolerances of that check."""
 
 from reference.selective_scan import delta_hat, selective_scan_ref
+from reference.tolerances import LOW_PRECISION, forward_tolerance, grad_tolerance
 
-__all__ = ["delta_hat", "selective_scan_ref"]
+__all__ = ["LOW_PRECISION", "delta_hat", "forward_tolerance", "grad_tolerance",
+           "selective_scan_ref"]

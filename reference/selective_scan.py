@@ -72,10 +72,12 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     else:
         h = torch.zeros(batch, dim, A.shape[1], dtype=ctype, device=u.device)
     ys = []
-    for t in range(u.shape[2]):
-        dt_t = dt[:, :, t, None]
-        h = torch.exp(dt_t * A_eff) * h + (dt_t * u[:, :, t, None]) * Bx[:, :, :, t]
-        ys.append((h * Cx[:, :, :, t]).sum(-1))
+    # unbind, not indexing per step: autograd then stacks the per-step gradients once instead of
+    # building a full-size gradient tensor for every step.
+    for dt_t, u_t, B_t, C_t in zip(dt.unbind(2), u.unbind(2), Bx.unbind(3), Cx.unbind(3)):
+        dt_t = dt_t[:, :, None]
+        h = torch.exp(dt_t * A_eff) * h + (dt_t * u_t[:, :, None]) * B_t
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.to(ctype)[None, :, None] * u

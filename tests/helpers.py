@@ -8,12 +8,10 @@ import torch
 from reference import delta_hat, selective_scan_ref
 from tests.conftest import DEVICE
 
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-def tolerance(dtype):
-    """Relative error allowed against the float64 reference on the same rounded inputs."""
-    return 1e-2 if dtype in LOW_PRECISION else 1e-5
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+BC_KINDS = ["variable", "fixed", "grouped"]
+OPTIONS = ["D", "z", "delta_bias", "delta_softplus", "return_last_state", "initial_state",
+           "delta_scale", "a_scale", "delta_threshold", "keep_idx"]
 
 
 def rel_err(x, ref):
@@ -118,3 +116,25 @@ def reference(args, kwargs, return_last_state=True):
     """The float64 reference on the same (already rounded) inputs."""
     return selective_scan_ref(*[to_double(a) for a in args], return_last_state,
                               **{k: to_double(v) for k, v in kwargs.items()})
+
+
+def option_ids(flags):
+    return "-".join(o for o, on in zip(OPTIONS, flags) if on) or "none"
+
+
+def combination_case(flags, shape):
+    """Inputs for one combination of OPTIONS (flags: one bool per option) as
+    (args, kwargs, dtype, return_last_state). The dtype, the B/C forms and the form of the
+    scales cycle with the combination so that each is met many times."""
+    on = dict(zip(OPTIONS, flags))
+    index = sum(bit << i for i, bit in enumerate(flags))
+    dtype = DTYPES[index % 3]
+    batch, dim, L, dstate = shape
+    args, kwargs = make_case(
+        batch, dim, L, dstate, dtype=dtype, B_kind=BC_KINDS[index % 3],
+        C_kind=BC_KINDS[(index // 3) % 3], D=on["D"], z=on["z"], delta_bias=on["delta_bias"],
+        delta_softplus=on["delta_softplus"], initial_state=on["initial_state"],
+        delta_scale=("float", "tensor")[index % 2] if on["delta_scale"] else None,
+        a_scale=("float", "dim", "dim_n")[index % 3] if on["a_scale"] else None,
+        delta_threshold=on["delta_threshold"], keep=L // 3 if on["keep_idx"] else None)
+    return args, kwargs, dtype, on["return_last_state"]

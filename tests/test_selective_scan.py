@@ -9,11 +9,13 @@ import torch
 
 from fusedscan import selective_scan_ext
 from fusedscan.selective_scan.interface import CHUNK_SIZE, selective_scan_fwd
+from reference import forward_tolerance
 from tests.conftest import DEVICE, ON_GPU
-from tests.helpers import make_case, nan_filled_outputs, reference, rel_err, tolerance
+from tests.helpers import (
+    BC_KINDS, DTYPES, OPTIONS, combination_case, make_case, nan_filled_outputs, option_ids,
+    reference, rel_err,
+)
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-BC_KINDS = ["variable", "fixed", "grouped"]
 # (batch, dim, L, N): dim not a multiple of the channel block, L odd and over two chunks.
 SHAPE = (2, 68, CHUNK_SIZE + 101, 16) if ON_GPU else (2, 6, 2 * CHUNK_SIZE + 13, 3)
 
@@ -29,31 +31,16 @@ def check(args, kwargs, dtype, return_last_state=True):
     if return_last_state:
         assert result[1].dtype == torch.float32
         errors["last_state"] = rel_err(result[1], ref_state)
-    assert max(errors.values()) <= tolerance(dtype), errors
+    assert max(errors.values()) <= forward_tolerance(dtype), errors
     return errors
 
 
-OPTIONS = ["D", "z", "delta_bias", "delta_softplus", "return_last_state", "initial_state",
-           "delta_scale", "a_scale", "delta_threshold", "keep_idx"]
-
-
 @pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=len(OPTIONS))),
-                         ids=lambda f: "-".join(o for o, on in zip(OPTIONS, f) if on) or "none")
+                         ids=option_ids)
 def test_every_combination_of_options(flags):
-    """All 2^10 combinations of the options; dtype, B/C kinds and the form of the scales vary
-    with the combination so that each is met many times."""
-    on = dict(zip(OPTIONS, flags))
-    index = sum(bit << i for i, bit in enumerate(flags))
-    dtype = DTYPES[index % 3]
-    batch, dim, L, dstate = SHAPE
-    args, kwargs = make_case(
-        batch, dim, L, dstate, dtype=dtype, B_kind=BC_KINDS[index % 3],
-        C_kind=BC_KINDS[(index // 3) % 3], D=on["D"], z=on["z"], delta_bias=on["delta_bias"],
-        delta_softplus=on["delta_softplus"], initial_state=on["initial_state"],
-        delta_scale=("float", "tensor")[index % 2] if on["delta_scale"] else None,
-        a_scale=("float", "dim", "dim_n")[index % 3] if on["a_scale"] else None,
-        delta_threshold=on["delta_threshold"], keep=L // 3 if on["keep_idx"] else None)
-    check(args, kwargs, dtype, on["return_last_state"])
+    """All 2^10 combinations of the options."""
+    args, kwargs, dtype, return_last_state = combination_case(flags, SHAPE)
+    check(args, kwargs, dtype, return_last_state)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

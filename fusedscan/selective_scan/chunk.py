@@ -40,6 +40,83 @@ def _softplus(x):
 
 
 @triton.jit
+def _delta_hat(delta, delta_bias, delta_scale, delta_threshold, delta_softplus):
+    """Δ̂ of a [BLOCK_D, BLOCK_T] tile: returns (Δ̂, delta + bias, the value before scaling). An
+    absent threshold is −inf; NaN is kept (NaN <= thr is false)."""
+    pre = delta + delta_bias[:, None]
+    sp = pre
+    if delta_softplus:
+        sp = _softplus(pre)
+    dt = sp * delta_scale[:, None]
+    dt = tl.where(dt <= delta_threshold[:, None], 0.0, dt)
+    return dt, pre, sp
+
+
+@triton.jit
+def _tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k, MASK_T: tl.constexpr,
+                  HAS_KEEP_IDX: tl.constexpr):
+    """Visited indices j of a tile, their positions in the sequence, and the column masks. A
+    full tile (MASK_T false) gets the always-true mask cols < BLOCK_T, which the compiler sees
+    through, so its loads stay vectorized (a mask on j < j_hi would not); rows past `dim` read
+    the last channel again and are not stored."""
+    j = j0 + cols
+    if MASK_T:
+        col_ok = j < j_hi
+    else:
+        col_ok = cols < cols.shape[0]
+    col_mask = (rows * 0 == 0)[:, None] & col_ok[None, :]
+    if HAS_KEEP_IDX:
+        pos = tl.load(keep_row + j.to(tl.int64) * stride_keep_k, mask=col_ok, other=0).to(tl.int32)
+    else:
+        pos = j
+    return j, pos, col_ok, col_mask
+
+
+@triton.jit
+def _row_setup(pid, n_dblocks, dim, BLOCK_D: tl.constexpr):
+    b = (pid // n_dblocks).to(tl.int64)
+    d0 = (pid % n_dblocks) * BLOCK_D
+    rows = d0 + tl.arange(0, BLOCK_D)
+    row_ok = rows < dim
+    in_rows64 = tl.minimum(rows, dim - 1).to(tl.int64)  # rows to read activations from
+    return b, d0, rows, row_ok, rows.to(tl.int64), in_rows64
+
+
+@triton.jit
+def _bc_source(M_ptr, b, d0, rows64, dim_per_group, stride_b, stride_g, VARIABLE: tl.constexpr):
+    """Base of a block's B or C: its group's (N, L) slab if variable, else its rows of (dim, N)."""
+    if VARIABLE:
+        src = M_ptr + b * stride_b + (d0 // dim_per_group).to(tl.int64) * stride_g
+    else:
+        src = M_ptr + rows64 * stride_g
+    return src
+
+
+@triton.jit
+def _load_bc(src, n, stride_n, offs, row_ok, state_ok, col_mask, ACC: tl.constexpr,
+             MASK_T: tl.constexpr, VARIABLE: tl.constexpr):
+    """B or C of state n as a [BLOCK_D, BLOCK_T] tile (variable) or a [BLOCK_D, 1] column."""
+    if VARIABLE:
+        mask = col_mask & state_ok if MASK_T else state_ok
+        M = tl.load(src + n * stride_n + offs, mask=mask, other=0.0).to(ACC)
+    else:
+        M = tl.load(src + n * stride_n, mask=row_ok & state_ok, other=0.0)[:, None]
+    return M
+
+
+@triton.jit
+def _channel_params(rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr,
+                    has_delta_bias, has_delta_scale, has_threshold, delta_mult):
+    """Per-channel Δ̂ parameters, absent ones at their neutral value."""
+    delta_bias = tl.load(delta_bias_ptr + rows, mask=row_ok & (has_delta_bias != 0), other=0.0)
+    delta_scale = delta_mult * tl.load(delta_scale_ptr + rows,
+                                       mask=row_ok & (has_delta_scale != 0), other=1.0)
+    delta_threshold = tl.load(delta_threshold_ptr + rows, mask=row_ok & (has_threshold != 0),
+                              other=float("-inf"))
+    return delta_bias, delta_scale, delta_threshold
+
+
+@triton.jit
 def _load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n, row_ok):
     """A_eff[:, n]·log2(e) for the block's rows (0 for padding states n ≥ N)."""
     A_n = tl.load(A_rows + n * stride_A_n, mask=row_ok, other=0.0)
@@ -50,7 +127,7 @@ def _load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, 
 @triton.jit
 def _scan_states(
     n0, dstate, hs, As, dt, dtu, y, col_mask, row_ok, bc_offs_B, bc_offs_C, is_first, is_last,
-    B_src, stride_B_n, C_src, stride_C_n, pad,
+    B_src, stride_B_n, C_src, stride_C_n,
     NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr,
     C_VARIABLE: tl.constexpr, STATE_ONLY: tl.constexpr,
 ):
@@ -61,28 +138,15 @@ def _scan_states(
     for i in tl.static_range(NG):
         n = n0 + i
         state_ok = n < dstate  # false for the padding states of the last of several groups
-        if MULTI_GROUP:
-            bc_mask = col_mask & state_ok if MASK_T else state_ok
-            bc_pad = 0.0
-        else:
-            bc_mask = col_mask
-            bc_pad = pad
-        if B_VARIABLE:
-            B_n = tl.load(B_src + n * stride_B_n + bc_offs_B, mask=bc_mask, other=bc_pad)
-            b = dtu * B_n.to(tl.float32)
-        else:
-            B_n = tl.load(B_src + n * stride_B_n, mask=row_ok & state_ok, other=0.0)
-            b = dtu * B_n[:, None]
+        B_n = _load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, dtu.dtype,
+                       MASK_T, B_VARIABLE)
+        b = dtu * B_n
         a = tl.exp2(dt * As[i][:, None])
         b = tl.where(is_first, a * hs[i][:, None] + b, b)
         _, h = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)
         if not STATE_ONLY:
-            if C_VARIABLE:
-                C_n = tl.load(C_src + n * stride_C_n + bc_offs_C, mask=bc_mask, other=bc_pad)
-                y += h * C_n.to(tl.float32)
-            else:
-                C_n = tl.load(C_src + n * stride_C_n, mask=row_ok & state_ok, other=0.0)
-                y += h * C_n[:, None]
+            y += h * _load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask,
+                              dtu.dtype, MASK_T, C_VARIABLE)
         # −0.0 is the exact identity of +, so the compiler drops the adds of non-last columns.
         new_hs = new_hs + (tl.sum(tl.where(is_last, h, -0.0), axis=1),)
     return new_hs, y
@@ -123,7 +187,7 @@ def _start_states(n0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, has_h0, se
         n = n0 + i
         ok = row_ok & (n < dstate)
         if STATE_ONLY:
-            h = tl.zeros(row_ok.shape, tl.float32)
+            h = tl.zeros(row_ok.shape, A_rows.dtype.element_ty)
         else:
             h = tl.load(h0_rows + n * stride_h0_n, mask=ok & (has_h0 != 0), other=0.0)
             A_n = _load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n, ok)
@@ -143,7 +207,7 @@ def _scan_tile(
     stride_u_l, stride_delta_l, stride_z_l, stride_out_l, stride_keep_k,
     A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult, has_a_scale,
     B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-    delta_bias, delta_scale, delta_threshold, D, delta_softplus, has_threshold,
+    delta_bias, delta_scale, delta_threshold, D, delta_softplus,
     carry_src, carry_dst, chunk_rows, dstate, n_groups,
     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr,
     MASK_T: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
@@ -151,30 +215,12 @@ def _scan_tile(
 ):
     """Scans positions [j0, j0 + BLOCK_T) (those < j_hi) for all states. Returns the register
     carries (unchanged when the states go through the scratch) and the tile's Δ̂."""
-    j = j0 + cols
-    if MASK_T:
-        col_ok = j < j_hi
-        pad = 0.0
-        col_mask = (rows * 0 == 0)[:, None] & col_ok[None, :]
-    else:
-        # Full tiles load without masks (a position mask would keep the loads from being
-        # vectorized; rows past `dim` read the last channel again and are not stored).
-        col_ok = None
-        pad = None
-        col_mask = None
-    if HAS_KEEP_IDX:
-        pos = tl.load(keep_row + j.to(tl.int64) * stride_keep_k, mask=col_ok, other=pad).to(tl.int32)
-    else:
-        pos = j
-
-    u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=col_mask, other=pad).to(tl.float32)
-    dt = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=pad).to(tl.float32)
-    dt += delta_bias[:, None]
-    if delta_softplus:
-        dt = _softplus(dt)
-    dt *= delta_scale[:, None]
-    if has_threshold:
-        dt = tl.where(dt <= delta_threshold[:, None], 0.0, dt)
+    ACC = D.dtype  # float32, or float64 for float64 inputs
+    j, pos, col_ok, col_mask = _tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k, MASK_T,
+                                             HAS_KEEP_IDX)
+    u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=col_mask, other=0.0).to(ACC)
+    dt = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
+    dt, _, _ = _delta_hat(dt, delta_bias, delta_scale, delta_threshold, delta_softplus)
     if MASK_T:
         # Padding positions become identity steps (a = 1, b = 0), so the state at the tile's
         # last column is the state after its last real position.
@@ -197,7 +243,7 @@ def _scan_tile(
             if is_chunk_start:
                 _store_states(ck_rows, 0, dstate, hs, row_ok, NG)
         hs, y = _scan_states(0, dstate, hs, As, dt, dtu, y, col_mask, row_ok, bc_offs_B,
-                             bc_offs_C, is_first, is_last, B_src, stride_B_n, C_src, stride_C_n, pad,
+                             bc_offs_C, is_first, is_last, B_src, stride_B_n, C_src, stride_C_n,
                              NG, MULTI_GROUP, MASK_T, B_VARIABLE, C_VARIABLE, STATE_ONLY)
     else:
         for g in range(n_groups):
@@ -209,18 +255,17 @@ def _scan_tile(
             As_g = _load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult,
                             n0, dstate, row_ok, NG)
             hs_g, y = _scan_states(n0, dstate, hs_g, As_g, dt, dtu, y, col_mask, row_ok,
-                                   bc_offs_B, bc_offs_C, is_first, is_last, B_src, stride_B_n, C_src, stride_C_n, pad,
+                                   bc_offs_B, bc_offs_C, is_first, is_last, B_src, stride_B_n, C_src, stride_C_n,
                                    NG, MULTI_GROUP, MASK_T, B_VARIABLE, C_VARIABLE, STATE_ONLY)
             _store_states(carry_dst, n0, dstate, hs_g, row_ok, NG)
         tl.debug_barrier()
 
     if not STATE_ONLY:
         if HAS_Z:
-            z = tl.load(z_rows + pos[None, :] * stride_z_l, mask=col_mask, other=pad).to(tl.float32)
+            z = tl.load(z_rows + pos[None, :] * stride_z_l, mask=col_mask, other=0.0).to(ACC)
             y *= z * tl.sigmoid(z)
-        store_mask = row_ok[:, None] if col_ok is None else row_ok[:, None] & col_ok[None, :]
         tl.store(out_rows + j[None, :] * stride_out_l, y.to(out_rows.dtype.element_ty),
-                 mask=store_mask)
+                 mask=row_ok[:, None] & col_ok[None, :])
     return hs, dt
 
 
@@ -254,12 +299,7 @@ def selective_scan_fwd_kernel(
     the states are carried through `carry` (grid size · 2 slots · BLOCK_D · N float32)."""
     pid = tl.program_id(0)
     seg = tl.program_id(1)
-    b = (pid // n_dblocks).to(tl.int64)
-    d0 = (pid % n_dblocks) * BLOCK_D
-    rows = d0 + tl.arange(0, BLOCK_D)
-    row_ok = rows < dim
-    rows64 = rows.to(tl.int64)
-    in_rows64 = tl.minimum(rows, dim - 1).to(tl.int64)  # rows to read activations from
+    b, d0, rows, row_ok, rows64, in_rows64 = _row_setup(pid, n_dblocks, dim, BLOCK_D)
     cols = tl.arange(0, BLOCK_T)
 
     u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
@@ -271,21 +311,11 @@ def selective_scan_fwd_kernel(
     a_scale_rows = a_scale_ptr + rows64 * stride_as_d
     # Every block of BLOCK_D channels lies in one group of B and of C (the launcher picks
     # BLOCK_D so).
-    if B_VARIABLE:
-        B_src = B_ptr + b * stride_B_b + (d0 // dim_per_group_B).to(tl.int64) * stride_B_g
-    else:
-        B_src = B_ptr + rows64 * stride_B_g
-    if C_VARIABLE:
-        C_src = C_ptr + b * stride_C_b + (d0 // dim_per_group_C).to(tl.int64) * stride_C_g
-    else:
-        C_src = C_ptr + rows64 * stride_C_g
-
-    # Absent options load their neutral value.
-    delta_bias = tl.load(delta_bias_ptr + rows, mask=row_ok & (has_delta_bias != 0), other=0.0)
-    delta_scale = delta_mult * tl.load(delta_scale_ptr + rows,
-                                       mask=row_ok & (has_delta_scale != 0), other=1.0)
-    delta_threshold = tl.load(delta_threshold_ptr + rows, mask=row_ok & (has_threshold != 0),
-                              other=0.0)
+    B_src = _bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
+    C_src = _bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
+    delta_bias, delta_scale, delta_threshold = _channel_params(
+        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, has_delta_bias,
+        has_delta_scale, has_threshold, delta_mult)
     D = tl.load(D_ptr + rows, mask=row_ok & (has_D != 0), other=0.0)
 
     chunk_rows = chunk_states_ptr + (b * dim + rows64) * n_chunks * dstate
@@ -316,7 +346,7 @@ def selective_scan_fwd_kernel(
     j_lo = seg * seg_len
     j_hi = tl.minimum(j_lo + seg_len, nvisit)
     n_full = (j_hi - j_lo) // BLOCK_T
-    dsum = tl.zeros([BLOCK_D, BLOCK_T], tl.float32)
+    dsum = tl.zeros([BLOCK_D, BLOCK_T], A_ptr.dtype.element_ty)
     for k in range(n_full):
         hs, dt = _scan_tile(
             j_lo + k * BLOCK_T, j_hi, hs, As, rows, row_ok, cols,
@@ -324,7 +354,7 @@ def selective_scan_fwd_kernel(
             stride_u_l, stride_delta_l, stride_z_l, stride_out_l, stride_keep_k,
             A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult, has_a_scale,
             B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-            delta_bias, delta_scale, delta_threshold, D, delta_softplus, has_threshold,
+            delta_bias, delta_scale, delta_threshold, D, delta_softplus,
             carry_rows + (k % 2) * slot, carry_rows + ((k + 1) % 2) * slot, chunk_rows, dstate,
             n_groups, CHUNK, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z, HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE,
             STATE_ONLY)
@@ -338,7 +368,7 @@ def selective_scan_fwd_kernel(
             stride_u_l, stride_delta_l, stride_z_l, stride_out_l, stride_keep_k,
             A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult, has_a_scale,
             B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-            delta_bias, delta_scale, delta_threshold, D, delta_softplus, has_threshold,
+            delta_bias, delta_scale, delta_threshold, D, delta_softplus,
             carry_rows + (n_full % 2) * slot, carry_rows + ((n_full + 1) % 2) * slot, chunk_rows,
             dstate, n_groups, CHUNK, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
             C_VARIABLE, STATE_ONLY)

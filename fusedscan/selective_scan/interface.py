@@ -7,11 +7,16 @@ import triton
 from triton.runtime.interpreter import InterpretedFunction
 
 from fusedscan.selective_scan.chunk import LOG2E, selective_scan_fwd_kernel
+from fusedscan.selective_scan.chunk_backward import (
+    bwd_grad_carries_kernel, bwd_main_kernel, bwd_range_states_kernel,
+)
 from fusedscan.selective_scan.validate import check_inputs
 
 INTERPRETED = isinstance(selective_scan_fwd_kernel, InterpretedFunction)
 # Visited positions between saved states (the backward pass recomputes one chunk at a time).
 CHUNK_SIZE = 32 if INTERPRETED else 2048
+# Positions per tile of the backward kernels.
+BWD_BLOCK_T = 16 if INTERPRETED else 128
 MAX_GROUP = 16
 
 
@@ -25,21 +30,51 @@ def _bc_strides(M, variable):
     return M.stride(0), M.stride(1), M.stride(2), M.stride(3)
 
 
+def _sms(device):
+    return 1 if INTERPRETED else torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _block_d(block_d, channels_per_group, dim):
+    """Halves block_d until a block of channels lies inside one group of B and of C."""
+    while channels_per_group != dim and channels_per_group % block_d:
+        block_d //= 2
+    return block_d
+
+
 def _launch_config(u, delta, channels_per_group, batch, dim, n_chunks):
     """(BLOCK_D, BLOCK_T, segments). A tile row spans one warp: 32 lanes × 16 bytes of input."""
     if INTERPRETED:
-        block_d, block_t, units = 4, 16, 1
+        block_d, block_t = 4, 16
     else:
         block_d = 8
         block_t = 256 if max(u.element_size(), delta.element_size()) == 2 else 128
-        units = torch.cuda.get_device_properties(u.device).multi_processor_count
-    while channels_per_group != dim and channels_per_group % block_d:
-        block_d //= 2
+    block_d = _block_d(block_d, channels_per_group, dim)
     programs = batch * triton.cdiv(dim, block_d)
     # Split the positions only when batch × channel blocks leave most of the GPU idle: the
     # state-only pass costs (segments − 1) / segments of a scan.
-    segments = min(n_chunks, max(1, (2 * units) // programs))
+    segments = min(n_chunks, max(1, (2 * _sms(u.device)) // programs))
     return block_d, block_t, segments
+
+
+def _kernel_scales(delta_scale, a_scale, dim, dstate):
+    """(delta_mult, delta_scale tensor or None, a_mult, a_scale (dim, N) tensor or None): float
+    scales fold into the kernels' multipliers; a_mult carries log2(e) for exp2."""
+    delta_mult, a_mult = 1.0, LOG2E
+    if delta_scale is not None and not torch.is_tensor(delta_scale):
+        delta_mult, delta_scale = float(delta_scale), None
+    if a_scale is not None and not torch.is_tensor(a_scale):
+        a_mult, a_scale = LOG2E * float(a_scale), None
+    if a_scale is not None and a_scale.dim() == 1:
+        a_scale = a_scale[:, None].expand(dim, dstate)
+    return delta_mult, delta_scale, a_mult, a_scale
+
+
+def _strides(x, n):
+    return x.stride() if x is not None else (0,) * n
+
+
+def _flag(x):
+    return int(x is not None)
 
 
 def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -49,8 +84,9 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                        num_warps=4):
     """Launches the forward kernels on checked inputs.
 
-    Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N) float32 and
-    chunk_states (batch, dim, ⌈K/chunk_size⌉, N) float32, the state entering every chunk."""
+    Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N) and chunk_states
+    (batch, dim, ⌈K/chunk_size⌉, N), the state entering every chunk; states have A's dtype
+    (float32, or float64 for float64 inputs)."""
     batch, dim, L = u.shape
     dstate = A.shape[1]
     nvisit = keep_idx.shape[1] if keep_idx is not None else L
@@ -73,29 +109,19 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     n_groups = triton.cdiv(dstate, MAX_GROUP)
     group = triton.cdiv(dstate, n_groups)
 
-    dev = u.device
+    dev, acc = u.device, A.dtype
     out = torch.empty((batch, dim, nvisit), dtype=u.dtype, device=dev)
-    last_state = torch.empty((batch, dim, dstate), dtype=torch.float32, device=dev)
-    chunk_states = torch.empty((batch, dim, n_chunks, dstate), dtype=torch.float32, device=dev)
-    seg_states = torch.empty((batch, segs, dim, dstate), dtype=torch.float32, device=dev)
-    seg_dsum = torch.empty((batch, segs, dim), dtype=torch.float32, device=dev)
+    last_state = torch.empty((batch, dim, dstate), dtype=acc, device=dev)
+    chunk_states = torch.empty((batch, dim, n_chunks, dstate), dtype=acc, device=dev)
+    seg_states = torch.empty((batch, segs, dim, dstate), dtype=acc, device=dev)
+    seg_dsum = torch.empty((batch, segs, dim), dtype=acc, device=dev)
     carry = torch.empty((batch * n_dblocks * segs * 2 * block_d * dstate if n_groups > 1 else 1,),
-                        dtype=torch.float32, device=dev)
-
-    delta_mult, a_mult = 1.0, LOG2E
-    if delta_scale is not None and not torch.is_tensor(delta_scale):
-        delta_mult, delta_scale = float(delta_scale), None
-    if a_scale is not None and not torch.is_tensor(a_scale):
-        a_mult, a_scale = LOG2E * float(a_scale), None
-    if a_scale is not None and a_scale.dim() == 1:
-        a_scale = a_scale[:, None].expand(dim, dstate)
+                        dtype=acc, device=dev)
+    delta_mult, delta_scale, a_mult, a_scale = _kernel_scales(delta_scale, a_scale, dim, dstate)
 
     def ptr(x):
-        # Absent float32 parameters are never read (masked off); A stands in with their dtype.
+        # Absent parameters are never read (masked off); A stands in with their dtype.
         return x if x is not None else A
-
-    def strides(x, n):
-        return x.stride() if x is not None else (0,) * n
 
     args = (
         u, delta, A, B, C, ptr(D), ptr(z), ptr(delta_bias), ptr(delta_scale), ptr(a_scale),
@@ -103,12 +129,11 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         out, last_state, chunk_states, seg_states, seg_dsum, carry,
         dim, dstate, nvisit, dim // B_groups, dim // C_groups, n_dblocks, segs, seg_len, n_chunks,
         n_groups, delta_mult, a_mult,
-        int(D is not None), int(delta_bias is not None), int(delta_softplus),
-        int(delta_scale is not None), int(a_scale is not None), int(delta_threshold is not None),
-        int(initial_state is not None),
-        *u.stride(), *delta.stride(), *strides(z, 3), *out.stride(), *A.stride(),
+        _flag(D), _flag(delta_bias), int(delta_softplus), _flag(delta_scale), _flag(a_scale),
+        _flag(delta_threshold), _flag(initial_state),
+        *u.stride(), *delta.stride(), *_strides(z, 3), *out.stride(), *A.stride(),
         *_bc_strides(B, B_variable), *_bc_strides(C, C_variable),
-        *strides(a_scale, 2), *strides(keep_idx, 2), *strides(initial_state, 3),
+        *_strides(a_scale, 2), *_strides(keep_idx, 2), *_strides(initial_state, 3),
     )
     flags = dict(
         CHUNK=chunk_size, BLOCK_D=block_d, BLOCK_T=block_t, NG=group, MULTI_GROUP=n_groups > 1,
@@ -121,21 +146,183 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     return out, last_state, chunk_states
 
 
+def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
+    """Positions per program of the main backward kernel: the largest power-of-two multiple of
+    block_t dividing chunk_size that still gives about two programs per SM."""
+    length = chunk_size
+    target = 2 * _sms(device)
+    while length > block_t and programs_per_range * triton.cdiv(nvisit, length) < target:
+        length //= 2
+    return length
+
+
+def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                       initial_state, delta_scale, a_scale, delta_threshold, keep_idx,
+                       chunk_states, *, B_variable, C_variable, B_groups=1, C_groups=1,
+                       chunk_size=None, block_d=None, block_t=None, range_length=None,
+                       num_warps=4):
+    """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
+    chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None.
+
+    Returns the gradients of (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_scale,
+    a_scale), each in its input's dtype and shape, None for an absent input or a float scale.
+    With keep_idx the gradients of u, delta, z and variable B, C have full length L, zero at
+    the positions not kept."""
+    batch, dim, L = u.shape
+    dstate = A.shape[1]
+    nvisit = keep_idx.shape[1] if keep_idx is not None else L
+    chunk_size = chunk_size or CHUNK_SIZE
+    n_chunks = triton.cdiv(nvisit, chunk_size)
+    n_cgroups = math.lcm(B_groups, C_groups)
+    per_cgroup = dim // n_cgroups
+    block_d = _block_d(block_d or (4 if INTERPRETED else 8), per_cgroup, dim)
+    block_t = block_t or BWD_BLOCK_T
+    if chunk_size % block_t or per_cgroup % block_d and per_cgroup != dim:
+        raise ValueError(f"block_t = {block_t} must divide chunk_size = {chunk_size} and "
+                         f"block_d = {block_d} must divide the channels per group, {per_cgroup}")
+    range_len = range_length or _range_length(block_t, chunk_size, nvisit, batch * n_cgroups,
+                                              u.device)
+    if chunk_size % range_len or range_len % block_t:
+        raise ValueError(f"range_length = {range_len} must divide chunk_size = {chunk_size} and "
+                         f"be a multiple of block_t = {block_t}")
+    n_ranges = triton.cdiv(nvisit, range_len)
+    n_tiles = triton.cdiv(nvisit, block_t)
+    n_dblocks = triton.cdiv(dim, block_d)
+    n_groups = triton.cdiv(dstate, MAX_GROUP)
+    group = triton.cdiv(dstate, n_groups)
+    dev, acc = u.device, A.dtype
+    delta_mult, delta_scale_t, a_mult, a_scale_t = _kernel_scales(delta_scale, a_scale, dim, dstate)
+
+    def ptr(x):
+        return x if x is not None else A
+
+    common_flags = (_flag(delta_bias), int(delta_softplus), _flag(delta_scale_t),
+                    _flag(a_scale_t), _flag(delta_threshold))
+    param_ptrs = (ptr(delta_bias), ptr(delta_scale_t), ptr(a_scale_t), ptr(delta_threshold),
+                  ptr(keep_idx))
+
+    # 1. The state entering every range.
+    if range_len == chunk_size:
+        range_states = chunk_states
+    else:
+        range_states = torch.empty((batch, dim, n_ranges, dstate), dtype=acc, device=dev)
+        bwd_range_states_kernel[(batch * n_dblocks, n_chunks)](
+            u, delta, A, B, *param_ptrs, chunk_states, range_states,
+            dim, dstate, nvisit, dim // B_groups, n_dblocks, n_chunks, n_ranges, range_len,
+            n_groups, delta_mult, a_mult, *common_flags,
+            *u.stride(), *delta.stride(), *A.stride(), *_bc_strides(B, B_variable),
+            *_strides(a_scale_t, 2), *_strides(keep_idx, 2),
+            CHUNK=chunk_size, BLOCK_D=block_d, BLOCK_T=block_t, NG=group,
+            HAS_KEEP_IDX=keep_idx is not None, B_VARIABLE=B_variable, num_warps=num_warps)
+
+    # 2. The gradient entering every tile from the right, and ∂L/∂initial_state.
+    gcarry = torch.empty((batch, dim, n_tiles, dstate), dtype=acc, device=dev)
+    dh0 = torch.empty((batch, dim, dstate), dtype=acc, device=dev) if initial_state is not None else None
+    bwd_grad_carries_kernel[(batch * n_dblocks,)](
+        delta, A, C, ptr(z), *param_ptrs, dout, ptr(dlast), gcarry, ptr(dh0),
+        dim, dstate, nvisit, dim // C_groups, n_dblocks, n_tiles, n_groups, delta_mult, a_mult,
+        *common_flags, _flag(dlast), _flag(dh0),
+        *delta.stride(), *_strides(z, 3), *dout.stride(), *A.stride(),
+        *_bc_strides(C, C_variable), *_strides(a_scale_t, 2), *_strides(keep_idx, 2),
+        *_strides(dlast, 3),
+        BLOCK_D=block_d, BLOCK_T=block_t, NG=group, HAS_Z=z is not None,
+        HAS_KEEP_IDX=keep_idx is not None, C_VARIABLE=C_variable, num_warps=num_warps)
+
+    # 3. Everything else.
+    def grad_like(x):
+        # With keep_idx only the kept positions are written; the rest of the gradient is zero.
+        make = torch.zeros if keep_idx is not None else torch.empty
+        return make(x.shape, dtype=x.dtype, device=dev)
+
+    du, ddelta = grad_like(u), grad_like(delta)
+    dz = grad_like(z) if z is not None else None
+    rows = batch * n_ranges
+    dA = torch.zeros((rows, dim, dstate), dtype=acc, device=dev)
+    dB = torch.zeros((batch, n_cgroups, dstate, nvisit) if B_variable else (rows, dim, dstate),
+                     dtype=acc, device=dev)
+    dC = torch.zeros((batch, n_cgroups, dstate, nvisit) if C_variable else (rows, dim, dstate),
+                     dtype=acc, device=dev)
+    dchan = torch.empty((rows, 3, dim), dtype=acc, device=dev)
+    carry = torch.empty((rows * n_cgroups * 2 * block_d * dstate,), dtype=acc, device=dev)
+    bwd_main_kernel[(rows, n_cgroups)](
+        u, delta, A, B, C, ptr(D), ptr(z), *param_ptrs, dout, range_states, gcarry, carry,
+        du, ddelta, ptr(dz), dA, dB, dC, dchan,
+        dim, dstate, nvisit, dim // B_groups, dim // C_groups, per_cgroup, n_cgroups, n_ranges,
+        range_len, n_tiles, dstate, delta_mult, a_mult, _flag(D), *common_flags,
+        *u.stride(), *delta.stride(), *_strides(z, 3), *dout.stride(), *du.stride(),
+        *ddelta.stride(), *_strides(dz, 3), *A.stride(), *_bc_strides(B, B_variable),
+        *_bc_strides(C, C_variable), *_strides(a_scale_t, 2), *_strides(keep_idx, 2),
+        BLOCK_D=block_d, BLOCK_T=block_t, NG=1, HAS_Z=z is not None,
+        HAS_KEEP_IDX=keep_idx is not None, B_VARIABLE=B_variable, C_VARIABLE=C_variable,
+        num_warps=num_warps)
+
+    # Sums over the programs, in a fixed order.
+    dA_eff = dA.sum(0)
+    dchan = dchan.sum(0)
+    grad_A = dA_eff * (a_scale_t if a_scale_t is not None else a_mult / LOG2E)
+    grad_a_scale = None
+    if torch.is_tensor(a_scale):
+        grad_a_scale = (dA_eff * A).sum(1) if a_scale.dim() == 1 else dA_eff * A
+    return (du, ddelta, grad_A, _bc_grad(dB, B, B_variable, B_groups, keep_idx),
+            _bc_grad(dC, C, C_variable, C_groups, keep_idx),
+            dchan[0] if D is not None else None, dz,
+            dchan[1] if delta_bias is not None else None, dh0,
+            dchan[2] if delta_scale_t is not None else None, grad_a_scale)
+
+
+def _bc_grad(partial, M, variable, groups, keep_idx):
+    """The gradient of B or C from the kernel's per-program float32 sums."""
+    if not variable:
+        return partial.sum(0)
+    batch, n_cgroups, dstate, nvisit = partial.shape
+    grad = partial.view(batch, groups, n_cgroups // groups, dstate, nvisit).sum(2)
+    if M.dim() == 3:
+        grad = grad[:, 0]
+    if keep_idx is not None:
+        full = torch.zeros(M.shape, dtype=grad.dtype, device=grad.device)
+        idx = keep_idx.view(batch, *(1,) * (M.dim() - 2), nvisit).expand(*grad.shape)
+        grad = full.scatter_(-1, idx, grad)
+    return grad.to(M.dtype)
+
+
 class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                 delta_scale, a_scale, delta_threshold, keep_idx, B_variable, C_variable, B_groups,
                 C_groups):
-        out, last_state, _ = selective_scan_fwd(
+        out, last_state, chunk_states = selective_scan_fwd(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, delta_scale,
             a_scale, delta_threshold, keep_idx, B_variable=B_variable, C_variable=C_variable,
             B_groups=B_groups, C_groups=C_groups)
+        # Float scales are not tensors: they travel on ctx, the tensors through save_for_backward.
+        ctx.scales = (delta_scale, a_scale)
+        ctx.options = dict(delta_softplus=delta_softplus, B_variable=B_variable,
+                           C_variable=C_variable, B_groups=B_groups, C_groups=C_groups)
+        ctx.save_for_backward(
+            u, delta, A, B, C, D, z, delta_bias, initial_state,
+            *(s if torch.is_tensor(s) else None for s in ctx.scales), delta_threshold, keep_idx,
+            chunk_states)
+        ctx.set_materialize_grads(False)
         return out, last_state
 
     @staticmethod
-    def backward(ctx, dout, dlast_state):
-        raise NotImplementedError("selective_scan_ext has no backward pass yet; it computes the "
-                                  "forward only")
+    def backward(ctx, dout, dlast):
+        (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_scale_t, a_scale_t,
+         delta_threshold, keep_idx, chunk_states) = ctx.saved_tensors
+        delta_scale = delta_scale_t if delta_scale_t is not None else ctx.scales[0]
+        a_scale = a_scale_t if a_scale_t is not None else ctx.scales[1]
+        opts = ctx.options
+        if dout is None:
+            nvisit = keep_idx.shape[1] if keep_idx is not None else u.shape[2]
+            dout = torch.zeros((*u.shape[:2], nvisit), dtype=u.dtype, device=u.device)
+        (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0, ddelta_scale,
+         da_scale) = selective_scan_bwd(
+            dout, dlast, u, delta, A, B, C, D, z, delta_bias, opts["delta_softplus"],
+            initial_state, delta_scale, a_scale, delta_threshold, keep_idx, chunk_states,
+            B_variable=opts["B_variable"], C_variable=opts["C_variable"],
+            B_groups=opts["B_groups"], C_groups=opts["C_groups"])
+        return (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, None, dh0, ddelta_scale, da_scale,
+                None, None, None, None, None, None)
 
 
 def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -174,7 +361,13 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
     Raises TypeError / ValueError (NotImplementedError for complex A, B or C) naming the argument
     before any kernel runs. Tensors must be on one CUDA device, or on the CPU when TRITON_INTERPRET=1
-    was set before fusedscan was imported. Only the forward pass is implemented so far.
+    was set before fusedscan was imported.
+
+    Differentiable in every floating input (u, delta, A, B, C, D, z, delta_bias, initial_state,
+    and delta_scale, a_scale when tensors) through both out and last_state; delta_threshold and
+    keep_idx get no gradient. Where Δ̂ <= delta_threshold the gradient to delta is 0; with
+    keep_idx the gradients of u, delta, z and variable B, C are zero at positions not kept.
+    Gradients come back in each input's dtype; the backward pass is deterministic.
     """
     B_variable, B_groups, C_variable, C_groups = check_inputs(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state,

@@ -6,6 +6,9 @@ import torch
 
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_DSTATE = 256
+# float64 u puts the kernels in float64 throughout (for gradient checks); every other floating
+# tensor must then be float64 too.
+F64 = (torch.float64,)
 
 
 def _names(dtypes):
@@ -27,35 +30,35 @@ def _shape(name, x, expected, what):
         raise ValueError(f"{name} must have shape {what} = {tuple(expected)}, got {tuple(x.shape)}")
 
 
-def _param(name, x, shape, what):
-    """A float32 parameter tensor of a fixed shape."""
+def _param(name, x, shape, what, dtypes):
+    """A parameter tensor of a fixed shape."""
     _tensor(name, x)
-    _dtype(name, x, (torch.float32,))
+    _dtype(name, x, dtypes)
     _shape(name, x, shape, what)
 
 
-def _scale(name, x, shapes):
-    """A Python number or a float32 tensor of one of `shapes` ({shape: description})."""
+def _scale(name, x, shapes, dtypes):
+    """A Python number or a tensor of one of `shapes` ({shape: description})."""
     if isinstance(x, bool) or not isinstance(x, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"{name} must be a float or a float32 tensor of shape "
+        raise TypeError(f"{name} must be a float or a {_names(dtypes)} tensor of shape "
                         f"{' or '.join(shapes.values())}, got {type(x).__name__}")
     if isinstance(x, torch.Tensor):
-        _dtype(name, x, (torch.float32,))
+        _dtype(name, x, dtypes)
         if tuple(x.shape) not in shapes:
             raise ValueError(f"{name} must have shape {' or '.join(f'{w} = {s}' for s, w in shapes.items())}, "
                              f"got {tuple(x.shape)}")
 
 
-def _check_bc(name, M, batch, dim, dstate, L):
+def _check_bc(name, M, batch, dim, dstate, L, params, activations):
     """Returns whether M is variable (per token) and its group count (1 for fixed / ungrouped)."""
     _tensor(name, M)
     if M.is_complex():
         raise NotImplementedError(f"{name}: complex B/C are not supported")
     if M.dim() == 2:
-        _dtype(name, M, (torch.float32,))
+        _dtype(name, M, params)
         _shape(name, M, (dim, dstate), "(dim, N) for a fixed " + name)
         return False, 1
-    _dtype(name, M, ACTIVATION_DTYPES)
+    _dtype(name, M, activations)
     if M.dim() == 3:
         _shape(name, M, (batch, dstate, L), "(batch, N, L)")
         return True, 1
@@ -78,8 +81,10 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_las
     kernels were built for Triton's CPU interpreter."""
     _tensor("u", u)
     _tensor("delta", delta)
-    _dtype("u", u, ACTIVATION_DTYPES)
-    _dtype("delta", delta, ACTIVATION_DTYPES)
+    _dtype("u", u, ACTIVATION_DTYPES + F64)
+    params, activations = (F64, F64) if u.dtype == torch.float64 else ((torch.float32,),
+                                                                        ACTIVATION_DTYPES)
+    _dtype("delta", delta, activations)
     if u.dim() != 3:
         raise ValueError(f"u must be 3-D (batch, dim, L), got shape {tuple(u.shape)}")
     batch, dim, L = u.shape
@@ -92,37 +97,37 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_las
     _tensor("A", A)
     if A.is_complex():
         raise NotImplementedError("A: complex A is not supported; pass a real float32 (dim, N) A")
-    _dtype("A", A, (torch.float32,))
+    _dtype("A", A, params)
     if A.dim() != 2 or A.shape[0] != dim:
         raise ValueError(f"A must have shape (dim, N) with dim = {dim}, got {tuple(A.shape)}")
     dstate = A.shape[1]
     if not 1 <= dstate <= MAX_DSTATE:
         raise ValueError(f"A must have N (dim 1) between 1 and {MAX_DSTATE}, got {dstate}")
 
-    B_variable, B_groups = _check_bc("B", B, batch, dim, dstate, L)
-    C_variable, C_groups = _check_bc("C", C, batch, dim, dstate, L)
+    B_variable, B_groups = _check_bc("B", B, batch, dim, dstate, L, params, activations)
+    C_variable, C_groups = _check_bc("C", C, batch, dim, dstate, L, params, activations)
 
     if D is not None:
-        _param("D", D, (dim,), "(dim,)")
+        _param("D", D, (dim,), "(dim,)", params)
     if z is not None:
         _tensor("z", z)
-        _dtype("z", z, ACTIVATION_DTYPES)
+        _dtype("z", z, activations)
         _shape("z", z, u.shape, "(batch, dim, L) like u")
         if z.stride(2) * L >= 2**31:
             raise ValueError(f"z must have L * stride(2) < 2**31, got stride {z.stride(2)}")
     if delta_bias is not None:
-        _param("delta_bias", delta_bias, (dim,), "(dim,)")
+        _param("delta_bias", delta_bias, (dim,), "(dim,)", params)
     for name, flag in (("delta_softplus", delta_softplus), ("return_last_state", return_last_state)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if initial_state is not None:
-        _param("initial_state", initial_state, (batch, dim, dstate), "(batch, dim, N)")
+        _param("initial_state", initial_state, (batch, dim, dstate), "(batch, dim, N)", params)
     if delta_scale is not None:
-        _scale("delta_scale", delta_scale, {(dim,): "(dim,)"})
+        _scale("delta_scale", delta_scale, {(dim,): "(dim,)"}, params)
     if a_scale is not None:
-        _scale("a_scale", a_scale, {(dim,): "(dim,)", (dim, dstate): "(dim, N)"})
+        _scale("a_scale", a_scale, {(dim,): "(dim,)", (dim, dstate): "(dim, N)"}, params)
     if delta_threshold is not None:
-        _param("delta_threshold", delta_threshold, (dim,), "(dim,)")
+        _param("delta_threshold", delta_threshold, (dim,), "(dim,)", params)
 
     tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
                "delta_bias": delta_bias, "initial_state": initial_state,

@@ -1,0 +1,504 @@
+"""Chunked backward kernels of the extension-aware selective scan.
+
+For one (batch row, channel d, state n), over the visited positions t: a_t = exp(Δ̂_t·A_eff),
+b_t = Δ̂_t·u_t·B_t, h_t = a_t·h_{t−1} + b_t, dy_t = ∂L/∂y_t (dout·silu(z) with z), and
+g_t = ∂L/∂h_t = C_t·dy_t + a_{t+1}·g_{t+1}, with ∂L/∂last_state added at the last position. Then
+
+    ∂L/∂u_t = dy_t·D + Σ_n g_t·Δ̂_t·B_t         ∂L/∂B_t = Σ_d g_t·Δ̂_t·u_t     ∂L/∂C_t = Σ_d dy_t·h_t
+    ∂L/∂Δ̂_t = Σ_n g_t·(u_t·B_t + A_eff·a_t·h_{t−1}),   where a_t·h_{t−1} = h_t − b_t
+    ∂L/∂A_eff = Σ_t g_t·a_t·h_{t−1}·Δ̂_t          ∂L/∂initial_state = a_0·g_0
+
+and Δ̂'s chain (threshold mask, scale, softplus, bias) gives ∂L/∂delta and the parameters.
+
+The visited positions are cut into tiles of BLOCK_T, the same in all three kernels:
+1. `bwd_range_states_kernel` recomputes, from the states the forward pass saved every CHUNK
+   positions, the state entering every range_len positions (a power-of-two multiple of BLOCK_T
+   that divides CHUNK). Skipped when range_len = CHUNK.
+2. `bwd_grad_carries_kernel` walks the positions backwards and stores, for every tile, the
+   gradient reaching it from the right, G = a_{t+1}·g_{t+1} at the tile's last position t, and
+   finally ∂L/∂initial_state.
+3. `bwd_main_kernel`: one program per (batch row, range, channel group of B and C together)
+   walks its channels block by block and, for each block, the range's tiles forwards: it
+   rescans the states from the range's start state, runs the reverse scan for g from G, and
+   writes du, ddelta and dz. It takes the states NG at a time in a loop (the launcher uses
+   NG = 1: unrolling two scans per state over many states makes compiling slow), with their
+   carries in a per-program scratch. The sums over channels (dB, dC) and over positions (dA, dD,
+   ddelta_bias, ddelta_scale, fixed dB and dC) accumulate in slices of float32 buffers that
+   each belong to one program, in a fixed order, and are summed over programs by the caller:
+   the gradients are the same, bit for bit, on every run.
+
+Kernels 1 and 2 need only each tile's aggregate, a weighted sum rather than a scan: with
+S_s = Σ_{m≤s} Δ̂_m inside a tile,
+    h_end    = Σ_s exp(A·(S_end − S_s))·b_s + exp(A·S_end)·h_start,
+    G_before = Σ_s exp(A·S_s)·C_s·dy_s + exp(A·S_end)·G_after.
+"""
+
+import triton
+import triton.language as tl
+
+from fusedscan.selective_scan.chunk import (
+    _bc_source, _channel_params, _delta_hat, _load_A, _load_As, _load_bc, _load_states,
+    _row_setup, _scan_combine, _store_states, _tile_columns,
+)
+
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def _reverse_combine(f1, p1, r1, f2, p2, r2):
+    """Reverse scan for g_t = c_t + a_{t+1}·g_{t+1} without shifting a by one position. A segment
+    [t, s] is (a_t, Π_{t<m≤s} a_m, Σ_{t≤k≤s} Π_{t<m≤k} a_m · c_k); (f1, p1, r1) is the later
+    segment, (f2, p2, r2) the earlier one (the reverse scan's running value comes first)."""
+    m = p2 * f1
+    return f2, m * p1, r2 + m * r1
+
+
+@triton.jit
+def _accumulate(ptr, value, mask):
+    """ptr += value, for slices that only the calling program touches."""
+    tl.store(ptr, tl.load(ptr, mask=mask, other=0.0, cache_modifier=".cg") + value, mask=mask)
+
+
+@triton.jit
+def _load_dy(dout_rows, z_rows, j, pos, stride_dout_l, stride_z_l, col_mask, ACC: tl.constexpr,
+             HAS_Z: tl.constexpr):
+    """(dy, dout, z, sigmoid(z)) of a tile; dout is indexed by visited index, z by position."""
+    dout = tl.load(dout_rows + j[None, :] * stride_dout_l, mask=col_mask, other=0.0).to(ACC)
+    if HAS_Z:
+        z = tl.load(z_rows + pos[None, :] * stride_z_l, mask=col_mask, other=0.0).to(ACC)
+        sig = tl.sigmoid(z)
+        dy = dout * z * sig
+    else:
+        z = dout
+        sig = dout
+        dy = dout
+    return dy, dout, z, sig
+
+
+@triton.jit
+def _decayed_sums(carries, As, S, total, x, M_src, stride_M_n, offs, n0, dstate, row_ok, col_mask,
+                  NG: tl.constexpr, MASK_T: tl.constexpr, VARIABLE: tl.constexpr):
+    """A tile's aggregate for states n0 .. n0+NG-1: Σ_s exp(A·S_s)·x_s·M_n,s + exp(A·total)·carry,
+    with M = B or C (As hold A·log2(e))."""
+    new = ()
+    for i in tl.static_range(NG):
+        M_n = _load_bc(M_src, n0 + i, stride_M_n, offs, row_ok, n0 + i < dstate, col_mask, x.dtype,
+                       MASK_T, VARIABLE)
+        w = tl.exp2(As[i][:, None] * S)
+        new = new + (tl.sum(w * x * M_n, axis=1) + tl.exp2(As[i] * total) * carries[i],)
+    return new
+
+
+@triton.jit
+def _range_tile(j0, j_hi, hs, As, n0, dstate, rows, row_ok, cols, u_rows, delta_rows, keep_row,
+                stride_u_l, stride_delta_l, stride_keep_k, B_src, stride_B_n, stride_B_l,
+                delta_bias, delta_scale, delta_threshold, delta_softplus, NG: tl.constexpr,
+                MASK_T: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr):
+    """States n0 .. n0+NG-1 after the tile at j0, from `hs` before it."""
+    ACC = hs[0].dtype
+    j, pos, col_ok, col_mask = _tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k, MASK_T,
+                                             HAS_KEEP_IDX)
+    u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=col_mask, other=0.0).to(ACC)
+    dt = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
+    dt, _, _ = _delta_hat(dt, delta_bias, delta_scale, delta_threshold, delta_softplus)
+    dt = tl.where(col_mask, dt, 0.0)
+    dtu = dt * u
+    total = tl.sum(dt, axis=1)
+    after = total[:, None] - tl.cumsum(dt, axis=1)  # Σ of Δ̂ after each position
+    bc_offs = (rows * 0)[:, None] + pos[None, :] * stride_B_l
+    return _decayed_sums(hs, As, after, total, dtu, B_src, stride_B_n, bc_offs, n0, dstate, row_ok,
+                         col_mask, NG, MASK_T, B_VARIABLE)
+
+
+@triton.jit(do_not_specialize=["has_delta_bias", "delta_softplus", "has_delta_scale",
+                               "has_a_scale", "has_threshold"])
+def bwd_range_states_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
+    delta_threshold_ptr, keep_idx_ptr, chunk_states_ptr, range_states_ptr,
+    dim, dstate, nvisit, dim_per_group_B, n_dblocks, n_chunks, n_ranges, range_len, n_groups,
+    delta_mult, a_mult, has_delta_bias, delta_softplus, has_delta_scale, has_a_scale, has_threshold,
+    stride_u_b, stride_u_d, stride_u_l,
+    stride_delta_b, stride_delta_d, stride_delta_l,
+    stride_A_d, stride_A_n,
+    stride_B_b, stride_B_g, stride_B_n, stride_B_l,
+    stride_as_d, stride_as_n,
+    stride_keep_b, stride_keep_k,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
+    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
+):
+    """Grid (batch · n_dblocks, n_chunks). Writes range_states (batch, dim, n_ranges, N): the
+    state entering every range_len visited positions, from chunk_states (batch, dim, n_chunks, N)."""
+    b, d0, rows, row_ok, rows64, in_rows64 = _row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
+    c = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_T)
+    u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
+    delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
+    keep_row = keep_idx_ptr + b * stride_keep_b
+    A_rows = A_ptr + rows64 * stride_A_d
+    a_scale_rows = a_scale_ptr + rows64 * stride_as_d
+    B_src = _bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
+    delta_bias, delta_scale, delta_threshold = _channel_params(
+        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, has_delta_bias,
+        has_delta_scale, has_threshold, delta_mult)
+    chunk_rows = chunk_states_ptr + ((b * dim + rows64) * n_chunks + c) * dstate
+    range_rows = range_states_ptr + (b * dim + rows64) * n_ranges * dstate
+
+    j_lo = c * CHUNK
+    j_hi = tl.minimum(j_lo + CHUNK, nvisit)
+    for g in range(n_groups):
+        n0 = g * NG
+        hs = _load_states(chunk_rows, n0, dstate, row_ok, NG)
+        As = _load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n0,
+                      dstate, row_ok, NG)
+        for j0 in range(j_lo, j_hi, BLOCK_T):
+            if j0 % range_len == 0:
+                _store_states(range_rows + (j0 // range_len) * dstate, n0, dstate, hs, row_ok, NG)
+            if j0 + BLOCK_T <= j_hi:
+                hs = _range_tile(j0, j_hi, hs, As, n0, dstate, rows, row_ok, cols, u_rows,
+                                 delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k,
+                                 B_src, stride_B_n, stride_B_l, delta_bias, delta_scale,
+                                 delta_threshold, delta_softplus, NG, False, HAS_KEEP_IDX,
+                                 B_VARIABLE)
+            else:
+                hs = _range_tile(j0, j_hi, hs, As, n0, dstate, rows, row_ok, cols, u_rows,
+                                 delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k,
+                                 B_src, stride_B_n, stride_B_l, delta_bias, delta_scale,
+                                 delta_threshold, delta_softplus, NG, True, HAS_KEEP_IDX,
+                                 B_VARIABLE)
+
+
+@triton.jit
+def _carry_tile(k, nvisit, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z_rows, dout_rows,
+                keep_row, stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, C_src,
+                stride_C_n, stride_C_l, delta_bias, delta_scale, delta_threshold, delta_softplus,
+                BLOCK_T: tl.constexpr, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
+                HAS_KEEP_IDX: tl.constexpr, C_VARIABLE: tl.constexpr):
+    """Gradients entering tile k from the right → entering tile k − 1, for states n0 .. n0+NG-1."""
+    ACC = Gs[0].dtype
+    j, pos, col_ok, col_mask = _tile_columns(k * BLOCK_T, nvisit, cols, rows, keep_row,
+                                             stride_keep_k, MASK_T, HAS_KEEP_IDX)
+    dt = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
+    dt, _, _ = _delta_hat(dt, delta_bias, delta_scale, delta_threshold, delta_softplus)
+    dt = tl.where(col_mask, dt, 0.0)
+    dy, _, _, _ = _load_dy(dout_rows, z_rows, j, pos, stride_dout_l, stride_z_l, col_mask, ACC,
+                           HAS_Z)
+    upto = tl.cumsum(dt, axis=1)  # Σ of Δ̂ up to and including each position
+    total = tl.sum(dt, axis=1)
+    bc_offs = (rows * 0)[:, None] + pos[None, :] * stride_C_l
+    return _decayed_sums(Gs, As, upto, total, dy, C_src, stride_C_n, bc_offs, n0, dstate, row_ok,
+                         col_mask, NG, MASK_T, C_VARIABLE)
+
+
+@triton.jit(do_not_specialize=["has_delta_bias", "delta_softplus", "has_delta_scale",
+                               "has_a_scale", "has_threshold", "has_dlast", "has_h0"])
+def bwd_grad_carries_kernel(
+    delta_ptr, A_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
+    delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, gcarry_ptr, dh0_ptr,
+    dim, dstate, nvisit, dim_per_group_C, n_dblocks, n_tiles, n_groups, delta_mult, a_mult,
+    has_delta_bias, delta_softplus, has_delta_scale, has_a_scale, has_threshold, has_dlast,
+    has_h0,
+    stride_delta_b, stride_delta_d, stride_delta_l,
+    stride_z_b, stride_z_d, stride_z_l,
+    stride_dout_b, stride_dout_d, stride_dout_l,
+    stride_A_d, stride_A_n,
+    stride_C_b, stride_C_g, stride_C_n, stride_C_l,
+    stride_as_d, stride_as_n,
+    stride_keep_b, stride_keep_k,
+    stride_dlast_b, stride_dlast_d, stride_dlast_n,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_KEEP_IDX: tl.constexpr, C_VARIABLE: tl.constexpr,
+):
+    """Grid (batch · n_dblocks,). Writes gcarry (batch, dim, n_tiles, N): the gradient entering
+    each tile from the right (∂L/∂last_state for the last tile), and, with has_h0,
+    dh0 (batch, dim, N) = ∂L/∂initial_state."""
+    b, d0, rows, row_ok, rows64, in_rows64 = _row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
+    cols = tl.arange(0, BLOCK_T)
+    delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
+    z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
+    dout_rows = (dout_ptr + b * stride_dout_b + in_rows64 * stride_dout_d)[:, None]
+    keep_row = keep_idx_ptr + b * stride_keep_b
+    A_rows = A_ptr + rows64 * stride_A_d
+    a_scale_rows = a_scale_ptr + rows64 * stride_as_d
+    C_src = _bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
+    delta_bias, delta_scale, delta_threshold = _channel_params(
+        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, has_delta_bias,
+        has_delta_scale, has_threshold, delta_mult)
+    g_rows = gcarry_ptr + (b * dim + rows64) * n_tiles * dstate
+    dlast_rows = dlast_ptr + b * stride_dlast_b + rows64 * stride_dlast_d
+
+    for g in range(n_groups):
+        n0 = g * NG
+        Gs = ()
+        for i in tl.static_range(NG):
+            Gs = Gs + (tl.load(dlast_rows + (n0 + i) * stride_dlast_n,
+                               mask=row_ok & (n0 + i < dstate) & (has_dlast != 0), other=0.0),)
+        As = _load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n0,
+                      dstate, row_ok, NG)
+        for k_rev in range(n_tiles):
+            k = n_tiles - 1 - k_rev
+            _store_states(g_rows + k * dstate, n0, dstate, Gs, row_ok, NG)
+            if (k + 1) * BLOCK_T <= nvisit:
+                Gs = _carry_tile(k, nvisit, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows,
+                                 z_rows, dout_rows, keep_row, stride_delta_l, stride_z_l,
+                                 stride_dout_l, stride_keep_k, C_src, stride_C_n, stride_C_l,
+                                 delta_bias, delta_scale, delta_threshold, delta_softplus, BLOCK_T,
+                                 NG, False, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
+            else:
+                Gs = _carry_tile(k, nvisit, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows,
+                                 z_rows, dout_rows, keep_row, stride_delta_l, stride_z_l,
+                                 stride_dout_l, stride_keep_k, C_src, stride_C_n, stride_C_l,
+                                 delta_bias, delta_scale, delta_threshold, delta_softplus, BLOCK_T,
+                                 NG, True, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
+        if has_h0:
+            _store_states(dh0_ptr + (b * dim + rows64) * dstate, n0, dstate, Gs, row_ok, NG)
+
+
+@triton.jit
+def _bwd_states(
+    n0, dstate, k, dt, u, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first, is_last,
+    A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult,
+    B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
+    carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n,
+    NG: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
+):
+    """States n0 .. n0+NG-1 of one tile: rescans h from the carry, runs the reverse scan for g
+    from the tile's G, and adds their terms to y, du and ddt (returned) and to the program's
+    slices of dA and dB, dC. A padding state (n ≥ N) has A = B = C = 0 and adds nothing."""
+    ACC = dt.dtype
+    for i in tl.static_range(NG):
+        n = n0 + i
+        state_ok = n < dstate
+        ok = row_ok & state_ok
+        A2 = _load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n, ok)
+        h_in = tl.load(carry_src + n, mask=ok, other=0.0, cache_modifier=".cg")
+        G = tl.load(g_rows + k * dstate + n, mask=ok, other=0.0)
+        B_n = _load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, ACC, MASK_T,
+                       B_VARIABLE)
+        C_n = _load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask, ACC, MASK_T,
+                       C_VARIABLE)
+        a = tl.exp2(dt * A2[:, None])
+        b = dt * u * B_n
+        _, h = tl.associative_scan((a, tl.where(is_first, a * h_in[:, None] + b, b)), axis=1,
+                                   combine_fn=_scan_combine)
+        c = C_n * dy
+        c = tl.where(is_last, c + G[:, None], c)
+        _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, ACC), c), axis=1,
+                                      combine_fn=_reverse_combine, reverse=True)
+        tl.store(carry_dst + n, tl.sum(tl.where(is_last, h, -0.0), axis=1), mask=ok)
+
+        y += h * C_n
+        gdt = g * dt
+        du += gdt * B_n
+        ah = h - b  # a_t·h_{t−1}
+        ddt += g * (u * B_n + ah * (A2 * LN2)[:, None])
+        _accumulate(dA_rows + n, tl.sum(g * ah * dt, axis=1), ok)
+        # Sums over the block's channels go through row 0 of a [BLOCK_D, BLOCK_T] tile: a
+        # [BLOCK_T] vector would pull the whole tile into a layout spread over the warps.
+        if B_VARIABLE:
+            _accumulate(dB_at + n * stride_dBC_n, tl.sum(gdt * u, axis=0)[None, :],
+                        lead_row & col_mask & state_ok)
+        else:
+            _accumulate(dB_at + n, tl.sum(gdt * u, axis=1), ok)
+        if C_VARIABLE:
+            _accumulate(dC_at + n * stride_dBC_n, tl.sum(dy * h, axis=0)[None, :],
+                        lead_row & col_mask & state_ok)
+        else:
+            _accumulate(dC_at + n, tl.sum(dy * h, axis=1), ok)
+    return y, du, ddt
+
+
+@triton.jit
+def _bwd_tile(
+    j0, j_hi, k, rows, row_ok, cols, u_rows, delta_rows, z_rows, dout_rows, du_rows, ddelta_rows,
+    dz_rows, keep_row, stride_u_l, stride_delta_l, stride_z_l, stride_dout_l, stride_du_l,
+    stride_ddelta_l, stride_dz_l, stride_keep_k,
+    A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult,
+    B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
+    delta_bias, delta_scale, delta_threshold, D, delta_softplus,
+    carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n, dstate, n_groups,
+    BLOCK_T: tl.constexpr, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
+):
+    """One tile of one channel block: stores du, ddelta, dz; returns the tile's sums per channel
+    of dy·u (dD), ∂L/∂(delta + bias) (ddelta_bias) and ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
+    ACC = D.dtype
+    j, pos, col_ok, col_mask = _tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
+                                                  MASK_T, HAS_KEEP_IDX)
+    u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=col_mask, other=0.0).to(ACC)
+    # Rows past `dim` re-read the last channel; with u = 0 there (so b = h = 0) they add
+    # nothing to the sums over channels.
+    u = tl.where(row_ok[:, None], u, 0.0)
+    delta = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
+    dt, pre, sp = _delta_hat(delta, delta_bias, delta_scale, delta_threshold, delta_softplus)
+    cut = sp * delta_scale[:, None] <= delta_threshold[:, None]  # no gradient to delta here
+    if MASK_T:
+        dt = tl.where(col_mask, dt, 0.0)
+        cut = cut | (col_mask == 0)
+    dy, dout, z, sig = _load_dy(dout_rows, z_rows, j, pos, stride_dout_l, stride_z_l, col_mask,
+                                ACC, HAS_Z)
+
+    y = u * D[:, None]
+    du = dy * D[:, None]
+    ddt = tl.zeros(dt.shape, ACC)
+    zero_rows = (rows * 0)[:, None]
+    bc_offs_B = zero_rows + pos[None, :] * stride_B_l
+    bc_offs_C = zero_rows + pos[None, :] * stride_C_l
+    lead_row = (tl.arange(0, rows.shape[0]) == 0)[:, None]
+    if B_VARIABLE:
+        dB_at = dB_base + zero_rows + j[None, :]
+    else:
+        dB_at = dB_base
+    if C_VARIABLE:
+        dC_at = dC_base + zero_rows + j[None, :]
+    else:
+        dC_at = dC_base
+    is_first = (cols == 0)[None, :]
+    is_last = (cols == BLOCK_T - 1)[None, :]
+    for g in range(n_groups):
+        y, du, ddt = _bwd_states(
+            g * NG, dstate, k, dt, u, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first, is_last,
+            A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult,
+            B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
+            carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n,
+            NG, MASK_T, B_VARIABLE, C_VARIABLE)
+
+    store_mask = row_ok[:, None] & col_ok[None, :]
+    if HAS_Z:
+        dz = dout * y * sig * (1.0 + z * (1.0 - sig))
+        tl.store(dz_rows + pos[None, :] * stride_dz_l, dz.to(dz_rows.dtype.element_ty),
+                 mask=store_mask)
+    tl.store(du_rows + pos[None, :] * stride_du_l, du.to(du_rows.dtype.element_ty),
+             mask=store_mask)
+    ddt = tl.where(cut, 0.0, ddt)
+    dpre = ddt * delta_scale[:, None]
+    if delta_softplus:
+        dpre *= tl.where(pre > 20.0, 1.0, tl.sigmoid(pre))
+    tl.store(ddelta_rows + pos[None, :] * stride_ddelta_l, dpre.to(ddelta_rows.dtype.element_ty),
+             mask=store_mask)
+    return tl.sum(dy * u, axis=1), tl.sum(dpre, axis=1), tl.sum(ddt * sp, axis=1)
+
+
+@triton.jit(do_not_specialize=["has_D", "has_delta_bias", "delta_softplus", "has_delta_scale",
+                               "has_a_scale", "has_threshold"])
+def bwd_main_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
+    a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, range_states_ptr, gcarry_ptr,
+    carry_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr,
+    dim, dstate, nvisit, dim_per_group_B, dim_per_group_C, dim_per_cgroup, n_cgroups, n_ranges,
+    range_len, n_tiles, n_groups, delta_mult, a_mult,
+    has_D, has_delta_bias, delta_softplus, has_delta_scale, has_a_scale, has_threshold,
+    stride_u_b, stride_u_d, stride_u_l,
+    stride_delta_b, stride_delta_d, stride_delta_l,
+    stride_z_b, stride_z_d, stride_z_l,
+    stride_dout_b, stride_dout_d, stride_dout_l,
+    stride_du_b, stride_du_d, stride_du_l,
+    stride_ddelta_b, stride_ddelta_d, stride_ddelta_l,
+    stride_dz_b, stride_dz_d, stride_dz_l,
+    stride_A_d, stride_A_n,
+    stride_B_b, stride_B_g, stride_B_n, stride_B_l,
+    stride_C_b, stride_C_g, stride_C_n, stride_C_l,
+    stride_as_d, stride_as_n,
+    stride_keep_b, stride_keep_k,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
+    C_VARIABLE: tl.constexpr,
+):
+    """Grid (batch · n_ranges, n_cgroups). Writes du, ddelta, dz (at the visited positions) and
+    accumulates into zero-filled float32 buffers: dA (batch · n_ranges, dim, N); dB, dC as
+    (batch, n_cgroups, N, K) when variable, else (batch · n_ranges, dim, N). Writes dchan
+    (batch · n_ranges, 3, dim): the sums for dD, ddelta_bias and ddelta_scale."""
+    pid = tl.program_id(0).to(tl.int64)
+    cg = tl.program_id(1)
+    b = pid // n_ranges
+    r = pid % n_ranges
+    ACC = A_ptr.dtype.element_ty
+    cols = tl.arange(0, BLOCK_T)
+    j_lo = r * range_len
+    j_hi = tl.minimum(j_lo + range_len, nvisit)
+    n_full = (j_hi - j_lo) // BLOCK_T
+    keep_row = keep_idx_ptr + b * stride_keep_b
+    carry = carry_ptr + (pid * n_cgroups + cg).to(tl.int64) * (2 * BLOCK_D) * dstate
+    carry_rows = carry + tl.arange(0, BLOCK_D) * dstate
+    slot = BLOCK_D * dstate
+    # Program-owned slices of the accumulators.
+    stride_dBC_n = nvisit
+    dBC_base = (b * n_cgroups + cg) * dstate * nvisit
+
+    d_begin = cg * dim_per_cgroup
+    for d0 in range(d_begin, d_begin + dim_per_cgroup, BLOCK_D):
+        rows = d0 + tl.arange(0, BLOCK_D)
+        row_ok = rows < dim
+        rows64 = rows.to(tl.int64)
+        in_rows64 = tl.minimum(rows, dim - 1).to(tl.int64)
+        u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
+        delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
+        z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
+        dout_rows = (dout_ptr + b * stride_dout_b + in_rows64 * stride_dout_d)[:, None]
+        du_rows = (du_ptr + b * stride_du_b + rows64 * stride_du_d)[:, None]
+        ddelta_rows = (ddelta_ptr + b * stride_ddelta_b + rows64 * stride_ddelta_d)[:, None]
+        dz_rows = (dz_ptr + b * stride_dz_b + rows64 * stride_dz_d)[:, None]
+        A_rows = A_ptr + rows64 * stride_A_d
+        a_scale_rows = a_scale_ptr + rows64 * stride_as_d
+        B_src = _bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g,
+                           B_VARIABLE)
+        C_src = _bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g,
+                           C_VARIABLE)
+        delta_bias, delta_scale, delta_threshold = _channel_params(
+            rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, has_delta_bias,
+            has_delta_scale, has_threshold, delta_mult)
+        D = tl.load(D_ptr + rows, mask=row_ok & (has_D != 0), other=0.0)
+        g_rows = gcarry_ptr + (b * dim + rows64) * n_tiles * dstate
+        dA_rows = dA_ptr + (pid * dim + rows64) * dstate
+        if B_VARIABLE:
+            dB_base = dB_ptr + dBC_base
+        else:
+            dB_base = dB_ptr + (pid * dim + rows64) * dstate
+        if C_VARIABLE:
+            dC_base = dC_ptr + dBC_base
+        else:
+            dC_base = dC_ptr + (pid * dim + rows64) * dstate
+
+        # The range's start state goes to slot 0 of the carry scratch; tile k reads slot k % 2.
+        range_rows = range_states_ptr + ((b * dim + rows64) * n_ranges + r) * dstate
+        for g in range(n_groups):
+            _store_states(carry_rows, g * NG, dstate,
+                          _load_states(range_rows, g * NG, dstate, row_ok, NG), row_ok, NG)
+        tl.debug_barrier()
+
+        sum_dD = tl.zeros([BLOCK_D], ACC)
+        sum_dbias = tl.zeros([BLOCK_D], ACC)
+        sum_dscale = tl.zeros([BLOCK_D], ACC)
+        for t in range(n_full + (j_lo + n_full * BLOCK_T < j_hi)):
+            j0 = j_lo + t * BLOCK_T
+            carry_src = carry_rows + (t % 2) * slot
+            carry_dst = carry_rows + ((t + 1) % 2) * slot
+            if t < n_full:
+                tile_dD, tile_dbias, tile_dscale = _bwd_tile(
+                    j0, j_hi, j0 // BLOCK_T, rows, row_ok, cols, u_rows, delta_rows, z_rows,
+                    dout_rows, du_rows, ddelta_rows, dz_rows, keep_row, stride_u_l,
+                    stride_delta_l, stride_z_l, stride_dout_l, stride_du_l, stride_ddelta_l,
+                    stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows, stride_as_n,
+                    has_a_scale, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
+                    stride_C_l, delta_bias, delta_scale, delta_threshold, D, delta_softplus,
+                    carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n,
+                    dstate, n_groups, BLOCK_T, NG, False, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
+                    C_VARIABLE)
+            else:
+                tile_dD, tile_dbias, tile_dscale = _bwd_tile(
+                    j0, j_hi, j0 // BLOCK_T, rows, row_ok, cols, u_rows, delta_rows, z_rows,
+                    dout_rows, du_rows, ddelta_rows, dz_rows, keep_row, stride_u_l,
+                    stride_delta_l, stride_z_l, stride_dout_l, stride_du_l, stride_ddelta_l,
+                    stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows, stride_as_n,
+                    has_a_scale, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
+                    stride_C_l, delta_bias, delta_scale, delta_threshold, D, delta_softplus,
+                    carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n,
+                    dstate, n_groups, BLOCK_T, NG, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
+                    C_VARIABLE)
+            sum_dD += tile_dD
+            sum_dbias += tile_dbias
+            sum_dscale += tile_dscale
+            # The next tile reads the carries and accumulator slices this one wrote.
+            tl.debug_barrier()
+        chan_rows = dchan_ptr + pid * 3 * dim + rows64
+        tl.store(chan_rows, sum_dD, mask=row_ok)
+        tl.store(chan_rows + dim, sum_dbias, mask=row_ok)
+        tl.store(chan_rows + 2 * dim, sum_dscale, mask=row_ok)

@@ -1,0 +1,278 @@
+"""selective_scan_ext backward against autograd through the float64 reference.
+
+Every floating input gets a gradient through both outputs (out and last_state), compared by
+relative error with the reference's gradient on the same rounded inputs and the same output
+gradients. Sizes are small on the CPU (Triton's interpreter) and real on CUDA."""
+
+import itertools
+
+import pytest
+import torch
+
+from fusedscan import selective_scan_ext
+from fusedscan.selective_scan.interface import (
+    BWD_BLOCK_T, CHUNK_SIZE, selective_scan_bwd, selective_scan_fwd,
+)
+from reference import grad_tolerance, selective_scan_ref
+from tests.conftest import DEVICE, ON_GPU
+from tests.helpers import (
+    BC_KINDS, DTYPES, OPTIONS, combination_case, make_case, nan_filled_outputs,
+    option_ids, rel_err, to_double,
+)
+
+# (batch, dim, L, N): dim not a multiple of the channel block, L odd and over two chunks.
+SHAPE = (2, 68, CHUNK_SIZE + 101, 16) if ON_GPU else (2, 6, CHUNK_SIZE + 5, 2)
+ARG_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+KWARG_GRADS = ["initial_state", "delta_scale", "a_scale"]
+
+
+def _leaves(args, kwargs, convert):
+    """Fresh leaf tensors (convert applied) for every input that gets a gradient."""
+    args, kwargs = list(args), dict(kwargs)
+    leaves = {}
+    for i, name in enumerate(ARG_NAMES):
+        if torch.is_tensor(args[i]):
+            args[i] = leaves[name] = convert(args[i]).detach().clone().requires_grad_(True)
+    for name in KWARG_GRADS:
+        if torch.is_tensor(kwargs.get(name)):
+            kwargs[name] = leaves[name] = convert(kwargs[name]).detach().clone().requires_grad_(True)
+    return args, kwargs, leaves
+
+
+def output_grads(out, last, seed, dtype):
+    """Random gradients for out and last_state from `seed`; g_out is representable in dtype
+    (autograd hands it to the backward pass in out's dtype)."""
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    g_out = torch.randn(out.shape, generator=gen, device=DEVICE).to(dtype)
+    g_last = torch.randn(last.shape, generator=gen, device=DEVICE) if last is not None else None
+    return g_out, g_last
+
+
+def gradients(fn, args, kwargs, return_last_state, use_out, seed, convert):
+    """Gradients of Σ out·g_out (if use_out) + Σ last_state·g_last (if return_last_state)."""
+    args, kwargs, leaves = _leaves(args, kwargs, convert)
+    result = fn(*args, return_last_state, **kwargs)
+    out, last = result if return_last_state else (result, None)
+    g_out, g_last = output_grads(out, last, seed, args[0].dtype)
+    loss = (out * convert(g_out)).sum() if use_out else 0
+    if return_last_state:
+        loss = loss + (last * convert(g_last)).sum()
+    # Unused inputs (D and z when only last_state is used) get zero gradients.
+    grads = torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True)
+    return dict(zip(leaves, grads)), leaves
+
+
+def check(args, kwargs, dtype, return_last_state=True, use_out=True):
+    """Fused gradients against the float64 reference's; returns the relative errors."""
+    seed = int(torch.randint(0, 2**31, ()))
+    with nan_filled_outputs():
+        grads, leaves = gradients(selective_scan_ext, args, kwargs, return_last_state, use_out,
+                                  seed, lambda x: x)
+    ref, _ = gradients(selective_scan_ref, args, kwargs, return_last_state, use_out, seed,
+                       to_double)
+    errors = {}
+    for name, g in grads.items():
+        assert g.dtype == leaves[name].dtype and g.shape == leaves[name].shape, name
+        errors[name] = rel_err(g, ref[name])
+    bad = {n: e for n, e in errors.items() if not e <= grad_tolerance(n, dtype)}
+    assert not bad, (bad, errors)
+    return errors
+
+
+@pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=len(OPTIONS))),
+                         ids=option_ids)
+def test_every_combination_of_options(flags):
+    """All 2^10 combinations of the options (return_last_state off: out's gradient only)."""
+    args, kwargs, dtype, return_last_state = combination_case(flags, SHAPE)
+    check(args, kwargs, dtype, return_last_state)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B_kind", BC_KINDS)
+@pytest.mark.parametrize("C_kind", BC_KINDS)
+def test_dtypes_and_bc_kinds(dtype, B_kind, C_kind):
+    args, kwargs = make_case(*SHAPE, dtype=dtype, B_kind=B_kind, C_kind=C_kind,
+                             initial_state=True, delta_threshold=True, a_scale="dim",
+                             delta_scale="tensor")
+    check(args, kwargs, dtype)
+
+
+@pytest.mark.parametrize("B_groups,C_groups", [(1, 4), (4, 2), (3, 6)])
+def test_group_counts(B_groups, C_groups):
+    """dB and dC summed over the channels of each group, with different group counts."""
+    batch, _, L, dstate = SHAPE
+    dim = 96 if ON_GPU else 12
+    args, kwargs = make_case(batch, dim, L, dstate)
+    args[3] = torch.randn(batch, B_groups, dstate, L, device=DEVICE)
+    args[4] = torch.randn(batch, C_groups, dstate, L, device=DEVICE)
+    check(args, kwargs, torch.float32)
+
+
+@pytest.mark.parametrize("dstate", [1, 5, 17, 40] + ([16, 64, 256] if ON_GPU else []))
+def test_state_sizes(dstate):
+    """N over one unrolled group of 16: the states' carries go through the scratch."""
+    batch, dim, L, _ = SHAPE
+    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, a_scale="dim_n",
+                             B_kind="fixed", C_kind="grouped")
+    check(args, kwargs, torch.float32)
+
+
+LENGTHS = [1, 2, BWD_BLOCK_T - 1, BWD_BLOCK_T, BWD_BLOCK_T + 1, CHUNK_SIZE, CHUNK_SIZE + 1,
+           3 * CHUNK_SIZE + 7]
+
+
+@pytest.mark.parametrize("L", LENGTHS)
+def test_lengths(L):
+    batch, dim, _, dstate = SHAPE
+    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True)
+    check(args, kwargs, torch.float32)
+
+
+@pytest.mark.parametrize("K", [1, 2, CHUNK_SIZE + 3])
+def test_keep_counts(K):
+    """Gradients of u, delta, z, B, C are full length with zeros where nothing was kept. (With
+    K = 1 and no initial state the exact dA is 0 and a relative error is meaningless: the
+    initial state keeps it nonzero.)"""
+    batch, dim, _, dstate = SHAPE
+    L = max(2 * K, 40)
+    args, kwargs = make_case(batch, dim, L, dstate, keep=K, delta_threshold=True,
+                             initial_state=True)
+    errors = check(args, kwargs, torch.float32)
+    assert set(errors) >= {"u", "delta", "z", "B", "C"}
+
+
+@pytest.mark.parametrize("range_length", [BWD_BLOCK_T, 2 * BWD_BLOCK_T, CHUNK_SIZE])
+@pytest.mark.parametrize("dstate", [3, 20])
+def test_range_lengths(range_length, dstate):
+    """The main backward kernel's programs cover ranges shorter than a chunk (their start
+    states recomputed from the saved chunk states) or whole chunks (read directly)."""
+    batch, dim, _, _ = SHAPE
+    L = 3 * CHUNK_SIZE - 5
+    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, delta_threshold=True,
+                             a_scale="dim", keep=L - 7)
+    opts = dict(B_variable=True, C_variable=True)
+    out, last, chunk_states = selective_scan_fwd(*args, **kwargs, **opts)
+    g_out, g_last = output_grads(out, last, 7, out.dtype)
+    with nan_filled_outputs():
+        grads = selective_scan_bwd(
+            g_out, g_last, *args, kwargs["initial_state"], None, kwargs["a_scale"],
+            kwargs["delta_threshold"], kwargs["keep_idx"], chunk_states, **opts,
+            range_length=range_length)
+    ref, _ = gradients(selective_scan_ref, args, kwargs, True, True, 7, to_double)
+    names = ARG_NAMES + ["initial_state", "delta_scale", "a_scale"]
+    for name, g in zip(names, grads):
+        assert (g is None) == (name not in ref), name
+        if g is not None:
+            assert rel_err(g, ref[name]) <= 1e-4, name
+
+
+def test_gradient_through_last_state_only():
+    """out unused: autograd passes no gradient for it."""
+    args, kwargs = make_case(*SHAPE, initial_state=True)
+    check(args, kwargs, torch.float32, return_last_state=True, use_out=False)
+
+
+def test_chunked_processing_matches_one_pass():
+    """Gradients flow from the second half's loss through last_state → initial_state into the
+    first half: two calls give the gradients of one call over the whole sequence."""
+    batch, dim, L, dstate = SHAPE
+    args, _ = make_case(batch, dim, L, dstate)
+    half = L // 2
+    leaves = [a.detach().clone().requires_grad_(True) if torch.is_tensor(a) else a for a in args]
+
+    def loss(outs):
+        g = torch.Generator(device=DEVICE).manual_seed(3)
+        return (torch.cat(outs, dim=2) * torch.randn(batch, dim, L, generator=g,
+                                                     device=DEVICE)).sum()
+
+    full = torch.autograd.grad(loss([selective_scan_ext(*leaves)]), leaves[:8])
+
+    def part(a, lo, hi):
+        return a[..., lo:hi] if torch.is_tensor(a) and a.dim() >= 3 and a.shape[-1] == L else a
+
+    out1, h = selective_scan_ext(*[part(a, 0, half) for a in leaves], True)
+    out2 = selective_scan_ext(*[part(a, half, L) for a in leaves], initial_state=h)
+    chunked = torch.autograd.grad(loss([out1, out2]), leaves[:8])
+    for name, g1, g2 in zip(ARG_NAMES, full, chunked):
+        assert rel_err(g2, g1) <= 1e-5, name
+
+
+def test_threshold_stops_the_gradient_to_delta():
+    """Where Δ̂ <= threshold the token is skipped: ∂L/∂delta is exactly 0 there."""
+    batch, dim, L, dstate = SHAPE
+    args, kwargs = make_case(batch, dim, L, dstate)
+    thr = torch.full((dim,), float("-inf"), device=DEVICE)
+    thr[::2] = 1e30  # every token of the even channels is filtered
+    kwargs["delta_threshold"] = thr
+    grads, _ = gradients(selective_scan_ext, args, kwargs, True, True, 5, lambda x: x)
+    assert torch.all(grads["delta"][:, ::2] == 0)
+    assert torch.all(grads["delta"][:, 1::2] != 0)
+
+
+def test_non_contiguous_inputs():
+    batch, dim, L, dstate = SHAPE
+    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True)
+    delta, A = args[1], args[2]
+    args[0] = torch.randn(batch, L, dim, device=DEVICE).transpose(1, 2)
+    args[1] = delta.transpose(1, 2).contiguous().transpose(1, 2)
+    args[2] = A.t().contiguous().t()
+    args[3] = torch.randn(batch, L, dstate, device=DEVICE).transpose(1, 2)
+    args[6] = torch.randn(L, batch, dim, device=DEVICE).permute(1, 2, 0)
+    check(args, kwargs, torch.float32)
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(initial_state=True, delta_scale="tensor", a_scale="dim_n", B_kind="fixed"),
+    dict(delta_softplus=False, a_scale="dim", C_kind="grouped", keep=5, delta_threshold=True),
+], ids=["plain", "state-scales-fixedB", "keep-threshold-groupedC"])
+def test_gradcheck_float64(options):
+    """Finite differences on a tiny float64 case (the kernels compute in float64 then)."""
+    args, kwargs = make_case(1, 4, 9, 2, **options)
+    args, kwargs, leaves = _leaves(args, kwargs, to_double)
+    args = [to_double(a) for a in args]
+    kwargs = {k: to_double(v) for k, v in kwargs.items()}
+    names = list(leaves)
+
+    def fn(*xs):
+        a, k = list(args), dict(kwargs)
+        for name, x in zip(names, xs):
+            if name in ARG_NAMES:
+                a[ARG_NAMES.index(name)] = x
+            else:
+                k[name] = x
+        return selective_scan_ext(*a, True, **k)
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves.values()))
+
+
+def test_backward_is_deterministic():
+    """Two backward passes on the same inputs give bitwise the same gradients."""
+    shape = (2, 256, 4099, 16) if ON_GPU else SHAPE
+    args, kwargs = make_case(*shape, dtype=torch.bfloat16, initial_state=True,
+                             a_scale="dim", delta_scale="tensor")
+    first, _ = gradients(selective_scan_ext, args, kwargs, True, True, 11, lambda x: x)
+    second, _ = gradients(selective_scan_ext, args, kwargs, True, True, 11, lambda x: x)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+def test_saved_tensors_are_inputs_and_chunk_states():
+    """What the forward pass keeps for backward: its inputs, plus one float32 state per chunk
+    (batch·dim·⌈L/chunk⌉·N values; mamba-ssm keeps 2N per 2048 positions)."""
+    batch, dim, L, dstate = SHAPE
+    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True)
+    args, kwargs, leaves = _leaves(args, kwargs, lambda x: x)
+    inputs = {x.data_ptr() for x in [*args, *kwargs.values()] if torch.is_tensor(x)}
+    extra = []
+
+    def pack(t):
+        if t.data_ptr() not in inputs:
+            extra.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        selective_scan_ext(*args, True, **kwargs)
+    n_chunks = -(-L // CHUNK_SIZE)
+    assert [tuple(t.shape) for t in extra] == [(batch, dim, n_chunks, dstate)]
+    assert extra[0].dtype == torch.float32
