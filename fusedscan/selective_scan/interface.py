@@ -294,13 +294,14 @@ class SelectiveScanFn(torch.autograd.Function):
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, delta_scale,
             a_scale, delta_threshold, keep_idx, B_variable=B_variable, C_variable=C_variable,
             B_groups=B_groups, C_groups=C_groups)
-        # Float scales are not tensors: they travel on ctx, the tensors through save_for_backward.
-        ctx.scales = (delta_scale, a_scale)
+        # Tensor scales go through save_for_backward, float ones on ctx.
+        scales = (delta_scale, a_scale)
+        ctx.float_scales = tuple(None if torch.is_tensor(s) else s for s in scales)
         ctx.options = dict(delta_softplus=delta_softplus, B_variable=B_variable,
                            C_variable=C_variable, B_groups=B_groups, C_groups=C_groups)
         ctx.save_for_backward(
             u, delta, A, B, C, D, z, delta_bias, initial_state,
-            *(s if torch.is_tensor(s) else None for s in ctx.scales), delta_threshold, keep_idx,
+            *(s if torch.is_tensor(s) else None for s in scales), delta_threshold, keep_idx,
             chunk_states)
         ctx.set_materialize_grads(False)
         return out, last_state
@@ -309,8 +310,8 @@ class SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dout, dlast):
         (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_scale_t, a_scale_t,
          delta_threshold, keep_idx, chunk_states) = ctx.saved_tensors
-        delta_scale = delta_scale_t if delta_scale_t is not None else ctx.scales[0]
-        a_scale = a_scale_t if a_scale_t is not None else ctx.scales[1]
+        delta_scale = delta_scale_t if delta_scale_t is not None else ctx.float_scales[0]
+        a_scale = a_scale_t if a_scale_t is not None else ctx.float_scales[1]
         opts = ctx.options
         if dout is None:
             nvisit = keep_idx.shape[1] if keep_idx is not None else u.shape[2]
