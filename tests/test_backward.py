@@ -49,11 +49,13 @@ def output_grads(out, last, seed, dtype):
 
 
 def gradients(fn, args, kwargs, return_last_state, use_out, seed, convert):
-    """Gradients of Σ out·g_out (if use_out) + Σ last_state·g_last (if return_last_state)."""
+    """Gradients of Σ out·g_out (if use_out) + Σ last_state·g_last (if return_last_state); g_out
+    is rounded to the given inputs' dtype for the fused and the float64 run alike."""
+    dtype = args[0].dtype
     args, kwargs, leaves = _leaves(args, kwargs, convert)
     result = fn(*args, return_last_state, **kwargs)
     out, last = result if return_last_state else (result, None)
-    g_out, g_last = output_grads(out, last, seed, args[0].dtype)
+    g_out, g_last = output_grads(out, last, seed, dtype)
     loss = (out * convert(g_out)).sum() if use_out else 0
     if return_last_state:
         loss = loss + (last * convert(g_last)).sum()
