@@ -6,15 +6,17 @@
 #   tests-bwd     pytest tests/test_backward.py
 #   main          python -m fusedscan (forward and gradient errors against the reference)
 #   mamba         build mamba-ssm's selective_scan_cuda from .mamba-ssm/ (bench/mamba_ssm_cuda.py)
+#   bench         pytest bench/ --benchmark-only (builds mamba-ssm beside compiling the kernels,
+#                 unless built), then bench/report.py: bench.csv, tables.md, speed.png
 #   memory        bench/backward_memory.py at 1×1536×32768 bf16 (needs `mamba` for the comparison)
-#   sweep         bench/sweep_forward.py
+#   sweep         bench/sweep_forward.py (launch configurations, three shapes)
 # PYTEST_K narrows the test steps (pytest -k).
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests-fwd tests-bwd main mamba memory sweep)
+[ ${#steps[@]} -gt 0 ] || steps=(tests-fwd tests-bwd main bench memory)
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, 'cuda', torch.version.cuda)"
@@ -32,6 +34,14 @@ for step in "${steps[@]}"; do
     tests-bwd) pytest_run tests/test_backward.py --junitxml="$OUT/tests-bwd.xml" ;;
     main) python3 -m fusedscan ;;
     mamba) python3 bench/mamba_ssm_cuda.py build ;;
+    bench)
+      if ! ls .mamba-ssm/build/selective_scan_cuda*.so > /dev/null 2>&1; then
+        python3 bench/mamba_ssm_cuda.py build > "$OUT/mamba.log" 2>&1 &
+      fi
+      python3 bench/scan_cases.py compile && wait &&
+        python3 -m pytest bench/ --benchmark-only -q -p no:cacheprovider -rs \
+          --bench-csv "$OUT/bench.csv" --bench-compile-jobs 1 &&
+        python3 bench/report.py "$OUT/bench.csv" --plot "$OUT/speed.png" > "$OUT/tables.md" ;;
     memory) python3 bench/backward_memory.py --csv "$OUT/backward_memory.csv" ;;
     sweep) python3 bench/sweep_forward.py "$OUT/sweep_forward.csv" ;;
     *) echo "unknown step $step"; false ;;
@@ -48,6 +58,7 @@ for i in "${!steps[@]}"; do
     main) tail -n 5 "$OUT/$step.log" ;;
     mamba) tail -n 2 "$OUT/$step.log" ;;
     memory) tail -n 4 "$OUT/$step.log" ;;
-    sweep) tail -n 3 "$OUT/$step.log" ;;
+    bench) grep -E "passed|failed|SKIPPED" "$OUT/$step.log" | tail -n 5; cat "$OUT/tables.md" ;;
+    sweep) tail -n 14 "$OUT/$step.log" ;;
   esac
 done

@@ -1,24 +1,38 @@
-"""Forward launch-configuration sweep on the GPU: times selective_scan_fwd for each
-(channels per program, warps, position segments) at the shapes of the benchmark grid and writes
-a CSV. Timing: triton.testing.do_bench (CUDA events), median, after warm-up, rotating over three
-input sets so that no run reads inputs left in L2 by the previous one.
+"""Launch-configuration sweep on the GPU: times selective_scan_fwd for each (channels per
+program, warps, register cap, programs per SM) and selective_scan_bwd for each (channels per
+program, positions per tile, warps), at shapes of the benchmark grid, next to mamba-ssm when it
+is built, and writes a CSV. Timing: triton.testing.do_bench (CUDA events), median, after
+warm-up, rotating over three input sets so that no run reads inputs left in L2 by the previous
+one. The kernels of every configuration are compiled first, in parallel processes.
 
-usage: python bench/sweep_forward.py OUT.csv
+usage: python bench/sweep_forward.py OUT.csv [--full] [--jobs N]
 """
 
+import argparse
+import concurrent.futures
 import csv
 import itertools
+import multiprocessing
+import os
 import sys
 
 import torch
+import triton
 import triton.testing
 
-from fusedscan.selective_scan.interface import selective_scan_fwd
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fusedscan.selective_scan.interface import selective_scan_bwd, selective_scan_fwd  # noqa: E402
+import mamba_ssm_cuda  # noqa: E402
 
 SHAPES = [(8, 1536, 2048), (1, 1536, 8192), (1, 1536, 32768), (1, 1536, 131072),
           (1, 4096, 32768), (4, 2048, 8192)]
-CONFIGS = [(4, 4), (8, 8), (8, 4)]  # (BLOCK_D, num_warps): one channel row per warp
-SEGMENTS = [1, 2]
+QUICK_SHAPES = [(8, 1536, 2048), (1, 1536, 8192), (1, 1536, 32768)]
+DTYPES = [torch.bfloat16, torch.float32]
+# (BLOCK_D, num_warps, maxnreg (0: none)): 32 · warps channels is one channel row per thread.
+FWD_CONFIGS = [(128, 4, 0), (128, 4, 128), (64, 2, 0), (64, 2, 128)]
+PROGRAMS_PER_SM = [2, 4, 8]
+# (BLOCK_D, BLOCK_T, num_warps) of the backward kernels; (8, 128, 4) is backward v1.
+BWD_CONFIGS = [(8, 128, 4), (32, 8, 1), (64, 8, 2), (128, 8, 4), (32, 16, 2)]
 
 
 def inputs(batch, dim, L, dtype, n=16):
@@ -32,32 +46,124 @@ def inputs(batch, dim, L, dtype, n=16):
                 delta_bias=torch.randn(dim, device=dev) * 0.1, delta_softplus=True)
 
 
-def main(path):
+def fwd_cases(batch, dim, sms):
+    cases = [("fwd auto", {})]
+    for (block_d, warps, maxnreg), per_sm in itertools.product(FWD_CONFIGS, PROGRAMS_PER_SM):
+        segs = triton.cdiv(per_sm * sms, batch * triton.cdiv(dim, block_d))
+        cases.append((f"fwd d{block_d} w{warps} r{maxnreg or '-'} p{per_sm}",
+                      dict(block_d=block_d, num_warps=warps, maxnreg=maxnreg, num_segments=segs)))
+    return cases
+
+
+def bwd_cases():
+    return [(f"bwd d{d} t{t} w{w}", dict(block_d=d, block_t=t, num_warps=w))
+            for d, t, w in BWD_CONFIGS]
+
+
+def run_fwd(s, cfg):
+    return selective_scan_fwd(**s, B_variable=True, C_variable=True, **cfg)
+
+
+def run_bwd(s, cfg, saved):
+    out, chunk_states, dout = saved
+    return selective_scan_bwd(dout, None, s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"],
+                              s["z"], s["delta_bias"], True, None, None, None, None, None,
+                              chunk_states, B_variable=True, C_variable=True, **cfg)
+
+
+def compile_one(job):
+    """Runs one configuration once at one shape (so that its kernels land in the cache)."""
+    kind, dtype, shape, cfg = job
+    s = inputs(*shape, getattr(torch, dtype))
+    if kind == "fwd":
+        run_fwd(s, cfg)
+    else:
+        out, _, chunk_states = run_fwd(s, {})
+        run_bwd(s, cfg, (out, chunk_states, torch.randn_like(out)))
+    torch.cuda.synchronize()
+    return job
+
+
+def bench(fn, sets):
+    i = [0]
+
+    def run():
+        i[0] = (i[0] + 1) % len(sets)
+        fn(sets[i[0]])
+
+    return triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("csv")
+    parser.add_argument("--full", action="store_true", help="all six shapes of the grid")
+    parser.add_argument("--jobs", type=int, default=8, help="parallel compile processes")
+    args = parser.parse_args()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes = SHAPES if args.full else QUICK_SHAPES
+
+    # One job per distinct compiled variant: the launch configuration and dtype (the shapes of
+    # the grid all specialise alike).
+    jobs = {}
+    for dtype, shape in itertools.product(DTYPES, shapes):
+        name = str(dtype).replace("torch.", "")
+        for label, cfg in fwd_cases(shape[0], shape[1], sms):
+            jobs.setdefault(("fwd", name, label.rsplit(" p", 1)[0]), ("fwd", name, shape, cfg))
+        for label, cfg in bwd_cases():
+            jobs.setdefault(("bwd", name, label), ("bwd", name, shape, cfg))
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        for done in pool.map(compile_one, jobs.values()):
+            print("compiled", done[0], done[1], done[3], flush=True)
+
+    mamba_fn = None
+    try:
+        mamba_fn = mamba_ssm_cuda.load()
+    except mamba_ssm_cuda.Unavailable as e:
+        print(f"mamba-ssm not timed: {e}")
     rows = []
-    for dtype, (batch, dim, L) in itertools.product([torch.bfloat16, torch.float32], SHAPES):
+    for dtype, (batch, dim, L) in itertools.product(DTYPES, shapes):
         sets = [inputs(batch, dim, L, dtype) for _ in range(3)]
-        for (block_d, warps), segs in itertools.product(CONFIGS, SEGMENTS):
-            i = [0]
-
-            def run():
-                i[0] = (i[0] + 1) % 3
-                selective_scan_fwd(**sets[i[0]], B_variable=True, C_variable=True,
-                                   block_d=block_d, num_warps=warps, num_segments=segs)
-
-            ms = triton.testing.do_bench(run, warmup=50, rep=300, return_mode="median")
-            elems = batch * dim * L * 16
+        timings = []
+        for label, cfg in fwd_cases(batch, dim, sms):
+            timings.append((label, bench(lambda s: run_fwd(s, cfg), sets)))
+        saved = {}
+        for k, s in enumerate(sets):
+            out, _, chunk_states = run_fwd(s, {})
+            saved[id(s)] = (out, chunk_states, torch.randn_like(out))
+        for label, cfg in bwd_cases():
+            timings.append((label, bench(lambda s: run_bwd(s, cfg, saved[id(s)]), sets)))
+        del saved
+        if mamba_fn is not None:
+            timings.append(("fwd mamba-ssm", bench(
+                lambda s: mamba_fn(s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], s["z"],
+                                   s["delta_bias"], True), sets)))
+        for label, ms in timings:
             row = dict(dtype=str(dtype).replace("torch.", ""), batch=batch, dim=dim, L=L,
-                       block_d=block_d, num_warps=warps, segments=segs, ms=round(ms, 4),
-                       gelem_per_s=round(elems / ms / 1e6, 1))
+                       config=label, ms=round(ms, 4),
+                       gupdates_per_s=round(batch * dim * L * 16 / ms / 1e6, 1))
             rows.append(row)
             print(row, flush=True)
         del sets
         torch.cuda.empty_cache()
-    with open(path, "w", newline="") as f:
+    with open(args.csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
+    print("\nbest per shape (ms):")
+    for key, group in itertools.groupby(rows, key=lambda r: (r["dtype"], r["batch"], r["dim"], r["L"])):
+        group = list(group)
+        for kind in ("fwd", "bwd"):
+            mine = [r for r in group if r["config"].startswith(kind) and "mamba" not in r["config"]]
+            best = min(mine, key=lambda r: r["ms"])
+            first = mine[0]
+            print(f"{key} {kind}: best {best['ms']} ({best['config']}), {first['config']} "
+                  f"{first['ms']}")
+        mamba = [r["ms"] for r in group if "mamba" in r["config"]]
+        if mamba:
+            print(f"{key} fwd mamba-ssm {mamba[0]}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

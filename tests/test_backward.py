@@ -143,6 +143,22 @@ def test_keep_counts(K):
     assert set(errors) >= {"u", "delta", "z", "B", "C"}
 
 
+def check_bwd_launch(args, kwargs, opts, **launch):
+    """selective_scan_bwd with a forced launch option against the reference's gradients."""
+    out, last, chunk_states = selective_scan_fwd(*args, **kwargs, **opts)
+    g_out, g_last = output_grads(out, last, 7, out.dtype)
+    with nan_filled_outputs():
+        grads = selective_scan_bwd(
+            g_out, g_last, *args, kwargs.get("initial_state"), None, kwargs.get("a_scale"),
+            kwargs.get("delta_threshold"), kwargs.get("keep_idx"), chunk_states, **opts, **launch)
+    ref, _ = gradients(selective_scan_ref, args, kwargs, True, True, 7, to_double)
+    names = ARG_NAMES + ["initial_state", "delta_scale", "a_scale"]
+    for name, g in zip(names, grads):
+        assert (g is None) == (name not in ref), name
+        if g is not None:
+            assert rel_err(g, ref[name]) <= 1e-4, name
+
+
 @pytest.mark.parametrize("range_length", [BWD_BLOCK_T, 2 * BWD_BLOCK_T, CHUNK_SIZE])
 @pytest.mark.parametrize("dstate", [3, 20])
 def test_range_lengths(range_length, dstate):
@@ -152,20 +168,21 @@ def test_range_lengths(range_length, dstate):
     L = 3 * CHUNK_SIZE - 5
     args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, delta_threshold=True,
                              a_scale="dim", keep=L - 7)
-    opts = dict(B_variable=True, C_variable=True)
-    out, last, chunk_states = selective_scan_fwd(*args, **kwargs, **opts)
-    g_out, g_last = output_grads(out, last, 7, out.dtype)
-    with nan_filled_outputs():
-        grads = selective_scan_bwd(
-            g_out, g_last, *args, kwargs["initial_state"], None, kwargs["a_scale"],
-            kwargs["delta_threshold"], kwargs["keep_idx"], chunk_states, **opts,
-            range_length=range_length)
-    ref, _ = gradients(selective_scan_ref, args, kwargs, True, True, 7, to_double)
-    names = ARG_NAMES + ["initial_state", "delta_scale", "a_scale"]
-    for name, g in zip(names, grads):
-        assert (g is None) == (name not in ref), name
-        if g is not None:
-            assert rel_err(g, ref[name]) <= 1e-4, name
+    check_bwd_launch(args, kwargs, dict(B_variable=True, C_variable=True),
+                     range_length=range_length)
+
+
+@pytest.mark.parametrize("groups,splits", [(1, 2), (1, 4), (2, 2)])
+def test_channel_splits(groups, splits):
+    """The channels of each B/C group split over several programs of the main backward kernel
+    (the launcher does so when batch × chunks cannot fill the GPU), their partial dB/dC summed
+    afterwards."""
+    batch, _, L, dstate = SHAPE
+    dim = 4 * (8 if ON_GPU else 4)  # four channel blocks
+    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, a_scale="dim_n")
+    args[3] = torch.randn(batch, groups, dstate, L, device=DEVICE)
+    opts = dict(B_variable=True, C_variable=True, B_groups=groups, C_groups=1)
+    check_bwd_launch(args, kwargs, opts, channel_splits=splits)
 
 
 def test_gradient_through_last_state_only():

@@ -18,10 +18,26 @@ its ΣΔ̂ per channel, and the main pass folds those into each segment's start 
 (h ← exp(A·ΣΔ̂)·h + h_end per earlier segment).
 """
 
+import os
+
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 LOG2E = 1.4426950408889634
+LN2 = tl.constexpr(0.6931471805599453)
+_LOG2E = tl.constexpr(LOG2E)
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    @triton.jit
+    def _log2_approx(x):
+        return tl.log2(x)
+else:
+    @triton.jit
+    def _log2_approx(x):
+        # lg2.approx.f32: one instruction of the special-function unit; absolute error about 2^-22.
+        return libdevice.fast_log2f(x)
 
 
 @triton.jit
@@ -31,11 +47,19 @@ def _scan_combine(a1, b1, a2, b2):
 
 @triton.jit
 def _softplus(x):
-    # log1p(exp(x)) as log(w)·e/(w − 1), w = 1 + e, which keeps full relative precision for small
-    # e; identity above 20 like torch.nn.functional.softplus.
-    e = tl.exp(x)
-    w = 1.0 + e
-    lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    """log(1 + exp(x)), the identity above 20 like torch.nn.functional.softplus."""
+    if x.dtype == tl.float64:
+        # log(w)·e/(w − 1), w = 1 + e, keeps full relative precision for small e.
+        e = tl.exp(x)
+        w = 1.0 + e
+        lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
+    else:
+        # exp2/log2 map to the GPU's approximate units; log2's error is absolute near 1, so
+        # small e takes the series of log1p (truncation below 6e-7 relative at e < 1/8).
+        e = tl.exp2(x * _LOG2E)
+        series = e * (1.0 + e * (-0.5 + e * (1.0 / 3.0 + e * (-0.25 + e * (
+            0.2 + e * (-1.0 / 6.0 + e * (1.0 / 7.0)))))))
+        lp = tl.where(e < 0.125, series, LN2 * _log2_approx(1.0 + e))
     return tl.where(x > 20.0, x, lp)
 
 
@@ -137,7 +161,10 @@ def _scan_states(
     new_hs = ()
     for i in tl.static_range(NG):
         n = n0 + i
-        state_ok = n < dstate  # false for the padding states of the last of several groups
+        if MULTI_GROUP:
+            state_ok = n < dstate  # false for the padding states of the last group
+        else:
+            state_ok = True  # a single group has exactly N states: no mask on the B/C loads
         B_n = _load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, dtu.dtype,
                        MASK_T, B_VARIABLE)
         b = dtu * B_n
@@ -229,11 +256,12 @@ def _scan_tile(
     y = u * D[:, None]
 
     # Variable B and C are loaded as [BLOCK_D, BLOCK_T] tiles whose rows repeat one address
-    # row: that keeps them in the tile's register layout (a [BLOCK_T] load would be spread over
-    # all warps and need a shared-memory exchange per state); the repeats hit L1.
+    # row, in the tile's register layout (every thread reads the same 16 bytes). They are
+    # indexed by visited index: with keep_idx the launcher passes copies of the kept positions,
+    # so these loads stay vectorized.
     zero_rows = (rows * 0)[:, None]
-    bc_offs_B = zero_rows + pos[None, :] * stride_B_l
-    bc_offs_C = zero_rows + pos[None, :] * stride_C_l
+    bc_offs_B = zero_rows + j[None, :] * stride_B_l
+    bc_offs_C = zero_rows + j[None, :] * stride_C_l
     is_first = (cols == 0)[None, :]
     is_last = (cols == BLOCK_T - 1)[None, :]
     is_chunk_start = (j0 % CHUNK) == 0
@@ -270,12 +298,13 @@ def _scan_tile(
 
 
 @triton.jit(do_not_specialize=["has_D", "has_delta_bias", "delta_softplus", "has_delta_scale",
-                               "has_a_scale", "has_threshold", "has_h0"])
+                               "has_a_scale", "has_threshold", "has_h0", "n_dblocks", "n_segs",
+                               "seg_tiles", "n_chunks", "n_groups"])
 def selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
     a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, h0_ptr,
     out_ptr, last_state_ptr, chunk_states_ptr, seg_states_ptr, seg_dsum_ptr, carry_ptr,
-    dim, dstate, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_segs, seg_len, n_chunks,
+    dim, dstate, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_segs, seg_tiles, n_chunks,
     n_groups, delta_mult, a_mult,
     has_D, has_delta_bias, delta_softplus, has_delta_scale, has_a_scale, has_threshold, has_h0,
     stride_u_b, stride_u_d, stride_u_l,
@@ -343,8 +372,9 @@ def selective_scan_fwd_kernel(
         As = _load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, 0,
                       dstate, row_ok, NG)
 
-    j_lo = seg * seg_len
-    j_hi = tl.minimum(j_lo + seg_len, nvisit)
+    # In tiles, so that the compiler sees every tile start aligned for vector loads.
+    j_lo = seg * seg_tiles * BLOCK_T
+    j_hi = tl.minimum(j_lo + seg_tiles * BLOCK_T, nvisit)
     n_full = (j_hi - j_lo) // BLOCK_T
     dsum = tl.zeros([BLOCK_D, BLOCK_T], A_ptr.dtype.element_ty)
     for k in range(n_full):

@@ -37,11 +37,9 @@ import triton
 import triton.language as tl
 
 from fusedscan.selective_scan.chunk import (
-    _bc_source, _channel_params, _delta_hat, _load_A, _load_As, _load_bc, _load_states,
+    LN2, _bc_source, _channel_params, _delta_hat, _load_A, _load_As, _load_bc, _load_states,
     _row_setup, _scan_combine, _store_states, _tile_columns,
 )
-
-LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -111,7 +109,8 @@ def _range_tile(j0, j_hi, hs, As, n0, dstate, rows, row_ok, cols, u_rows, delta_
 
 
 @triton.jit(do_not_specialize=["has_delta_bias", "delta_softplus", "has_delta_scale",
-                               "has_a_scale", "has_threshold"])
+                               "has_a_scale", "has_threshold", "n_dblocks", "n_chunks",
+                               "n_ranges", "n_groups"])
 def bwd_range_states_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
     delta_threshold_ptr, keep_idx_ptr, chunk_states_ptr, range_states_ptr,
@@ -190,7 +189,8 @@ def _carry_tile(k, nvisit, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z
 
 
 @triton.jit(do_not_specialize=["has_delta_bias", "delta_softplus", "has_delta_scale",
-                               "has_a_scale", "has_threshold", "has_dlast", "has_h0"])
+                               "has_a_scale", "has_threshold", "has_dlast", "has_h0",
+                               "n_dblocks", "n_tiles", "n_groups"])
 def bwd_grad_carries_kernel(
     delta_ptr, A_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
     delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, gcarry_ptr, dh0_ptr,
@@ -379,7 +379,8 @@ def _bwd_tile(
 
 
 @triton.jit(do_not_specialize=["has_D", "has_delta_bias", "delta_softplus", "has_delta_scale",
-                               "has_a_scale", "has_threshold"])
+                               "has_a_scale", "has_threshold", "n_cgroups", "n_ranges",
+                               "n_tiles", "n_groups"])
 def bwd_main_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
     a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, range_states_ptr, gcarry_ptr,

@@ -41,19 +41,24 @@ def _block_d(block_d, channels_per_group, dim):
     return block_d
 
 
-def _launch_config(u, delta, channels_per_group, batch, dim, n_chunks):
-    """(BLOCK_D, BLOCK_T, segments). A tile row spans one warp: 32 lanes × 16 bytes of input."""
+def _launch_config(u, delta, channels_per_group, batch, dim, nvisit):
+    """(BLOCK_D, BLOCK_T, segments, num_warps, maxnreg). One thread owns one channel row of a
+    tile: BLOCK_T positions of 16 bytes of input, scanned one after another in its registers.
+    With 16-bit inputs a cap of 128 registers (a few spills) lets four programs share an SM."""
     if INTERPRETED:
-        block_d, block_t = 4, 16
+        block_d, block_t, warps, maxnreg = 4, 16, 1, None
     else:
-        block_d = 8
-        block_t = 256 if max(u.element_size(), delta.element_size()) == 2 else 128
+        warps = 4
+        block_d = 32 * warps
+        size = max(u.element_size(), delta.element_size())
+        block_t = 16 // size
+        maxnreg = 128 if size == 2 else None
     block_d = _block_d(block_d, channels_per_group, dim)
     programs = batch * triton.cdiv(dim, block_d)
-    # Split the positions only when batch × channel blocks leave most of the GPU idle: the
-    # state-only pass costs (segments − 1) / segments of a scan.
-    segments = min(n_chunks, max(1, (2 * _sms(u.device)) // programs))
-    return block_d, block_t, segments
+    # Split the positions into segments until about four programs per SM run; each segment
+    # but the first costs one more state-only pass over its positions.
+    segments = max(1, min(triton.cdiv(nvisit, block_t), triton.cdiv(4 * _sms(u.device), programs)))
+    return block_d, block_t, segments, warps, maxnreg
 
 
 def _kernel_scales(delta_scale, a_scale, dim, dstate):
@@ -69,6 +74,12 @@ def _kernel_scales(delta_scale, a_scale, dim, dstate):
     return delta_mult, delta_scale, a_mult, a_scale
 
 
+def _kept(M, keep_idx):
+    """A variable B or C (batch, [G,] N, L) at the kept positions: (batch, [G,] N, K)."""
+    idx = keep_idx.view(keep_idx.shape[0], *(1,) * (M.dim() - 2), keep_idx.shape[1])
+    return M.gather(-1, idx.expand(*M.shape[:-1], keep_idx.shape[1]))
+
+
 def _strides(x, n):
     return x.stride() if x is not None else (0,) * n
 
@@ -81,7 +92,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                        initial_state=None, delta_scale=None, a_scale=None, delta_threshold=None,
                        keep_idx=None, *, B_variable, C_variable, B_groups=1, C_groups=1,
                        chunk_size=None, block_d=None, block_t=None, num_segments=None,
-                       num_warps=4):
+                       num_warps=None, maxnreg=None):
     """Launches the forward kernels on checked inputs.
 
     Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N) and chunk_states
@@ -94,14 +105,18 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     n_chunks = triton.cdiv(nvisit, chunk_size)
     # Channels per group of B and C together: a channel block must not straddle a group.
     per_group = dim // math.lcm(B_groups, C_groups)
-    auto_d, auto_t, auto_segs = _launch_config(u, delta, per_group, batch, dim, n_chunks)
+    auto_d, auto_t, auto_segs, auto_warps, auto_maxnreg = _launch_config(
+        u, delta, per_group, batch, dim, nvisit)
     block_d, block_t = block_d or auto_d, block_t or auto_t
+    num_warps = num_warps or auto_warps
+    maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
     if chunk_size % block_t or per_group % block_d and per_group != dim:
         raise ValueError(f"block_t = {block_t} must divide chunk_size = {chunk_size} and "
                          f"block_d = {block_d} must divide the channels per group, {per_group}")
-    segs = min(num_segments or auto_segs, n_chunks)
-    seg_len = triton.cdiv(n_chunks, segs) * chunk_size
-    segs = triton.cdiv(nvisit, seg_len)
+    n_tiles = triton.cdiv(nvisit, block_t)
+    segs = min(num_segments or auto_segs, n_tiles)
+    seg_tiles = triton.cdiv(n_tiles, segs)
+    segs = triton.cdiv(n_tiles, seg_tiles)
     n_dblocks = triton.cdiv(dim, block_d)
 
     # States per unrolled group: all of them when N <= 16 (every Mamba-1 model), else groups
@@ -110,6 +125,10 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     group = triton.cdiv(dstate, n_groups)
 
     dev, acc = u.device, A.dtype
+    # The kernel reads variable B and C by visited index (vector loads): gather the kept ones.
+    if keep_idx is not None:
+        B, C = (_kept(M, keep_idx) if variable else M
+                for M, variable in ((B, B_variable), (C, C_variable)))
     out = torch.empty((batch, dim, nvisit), dtype=u.dtype, device=dev)
     last_state = torch.empty((batch, dim, dstate), dtype=acc, device=dev)
     chunk_states = torch.empty((batch, dim, n_chunks, dstate), dtype=acc, device=dev)
@@ -127,7 +146,7 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         u, delta, A, B, C, ptr(D), ptr(z), ptr(delta_bias), ptr(delta_scale), ptr(a_scale),
         ptr(delta_threshold), ptr(keep_idx), ptr(initial_state),
         out, last_state, chunk_states, seg_states, seg_dsum, carry,
-        dim, dstate, nvisit, dim // B_groups, dim // C_groups, n_dblocks, segs, seg_len, n_chunks,
+        dim, dstate, nvisit, dim // B_groups, dim // C_groups, n_dblocks, segs, seg_tiles, n_chunks,
         n_groups, delta_mult, a_mult,
         _flag(D), _flag(delta_bias), int(delta_softplus), _flag(delta_scale), _flag(a_scale),
         _flag(delta_threshold), _flag(initial_state),
@@ -138,12 +157,24 @@ def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     flags = dict(
         CHUNK=chunk_size, BLOCK_D=block_d, BLOCK_T=block_t, NG=group, MULTI_GROUP=n_groups > 1,
         HAS_Z=z is not None, HAS_KEEP_IDX=keep_idx is not None, B_VARIABLE=B_variable,
-        C_VARIABLE=C_variable, num_warps=num_warps,
+        C_VARIABLE=C_variable, num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}),
     )
     if segs > 1:
         selective_scan_fwd_kernel[(batch * n_dblocks, segs - 1)](*args, STATE_ONLY=True, **flags)
     selective_scan_fwd_kernel[(batch * n_dblocks, segs)](*args, STATE_ONLY=False, **flags)
     return out, last_state, chunk_states
+
+
+def _channel_splits(per_cgroup, block_d, programs, device):
+    """Programs of the main backward kernel per group of channels: halves the channels per
+    program (down to 8 blocks) while fewer than two programs per SM would run. Each split adds
+    a (batch, N, K) float32 slice of partial dB/dC sums."""
+    splits, target = 1, 2 * _sms(device)
+    while (programs * splits < target and per_cgroup % (2 * splits) == 0
+           and per_cgroup // (2 * splits) % block_d == 0
+           and per_cgroup // (2 * splits) >= 8 * block_d):
+        splits *= 2
+    return splits
 
 
 def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
@@ -160,7 +191,7 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_s
                        initial_state, delta_scale, a_scale, delta_threshold, keep_idx,
                        chunk_states, *, B_variable, C_variable, B_groups=1, C_groups=1,
                        chunk_size=None, block_d=None, block_t=None, range_length=None,
-                       num_warps=4):
+                       channel_splits=None, num_warps=4):
     """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
     chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None.
 
@@ -180,6 +211,14 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_s
     if chunk_size % block_t or per_cgroup % block_d and per_cgroup != dim:
         raise ValueError(f"block_t = {block_t} must divide chunk_size = {chunk_size} and "
                          f"block_d = {block_d} must divide the channels per group, {per_cgroup}")
+    # Channel groups of the main kernel: those of B and C, each split into equal parts when the
+    # chunks alone leave the GPU idle.
+    splits = channel_splits or _channel_splits(per_cgroup, block_d, batch * n_cgroups * n_chunks,
+                                               u.device)
+    if per_cgroup % splits or per_cgroup // splits % block_d and splits > 1:
+        raise ValueError(f"channel_splits = {splits} must split the {per_cgroup} channels per "
+                         f"group into multiples of block_d = {block_d}")
+    n_cgroups, per_cgroup = n_cgroups * splits, per_cgroup // splits
     range_len = range_length or _range_length(block_t, chunk_size, nvisit, batch * n_cgroups,
                                               u.device)
     if chunk_size % range_len or range_len % block_t:
