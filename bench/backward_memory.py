@@ -24,24 +24,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fusedscan import selective_scan_ext  # noqa: E402
 import mamba_ssm_cuda  # noqa: E402
+from scan_cases import make_inputs  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def inputs(batch, dim, L, dtype, dstate=16):
-    dev = "cuda"
-    x = dict(
-        u=torch.randn(batch, dim, L, device=dev, dtype=dtype),
-        delta=(0.7 * torch.randn(batch, dim, L, device=dev) - 1.0).to(dtype),
-        A=-(0.2 + 1.5 * torch.rand(dim, dstate, device=dev)),
-        B=torch.randn(batch, dstate, L, device=dev, dtype=dtype),
-        C=torch.randn(batch, dstate, L, device=dev, dtype=dtype),
-        D=torch.randn(dim, device=dev),
-        z=torch.randn(batch, dim, L, device=dev, dtype=dtype),
-        delta_bias=0.3 * torch.randn(dim, device=dev),
-    )
-    for t in x.values():
-        t.requires_grad_(True)
+def inputs(batch, dim, L, dtype):
+    """The benchmarks' input set (bench/scan_cases.py), leaves only."""
+    x = make_inputs((batch, dim, L), dtype, requires_grad=True)
+    del x["g_out"]
     return x
 
 

@@ -3,7 +3,9 @@
 One program owns BLOCK_D channels of one batch row and one segment of the visited positions. It
 walks the segment in tiles of BLOCK_T positions; within a tile it runs, for every state n, a
 parallel scan over the tile's positions on the pairs (exp(Δ̂·A), Δ̂·u·B), whose combine is
-(a1, b1) ∘ (a2, b2) = (a1·a2, a2·b1 + b2), and adds C·h to the output. Δ̂ (bias, softplus,
+(a1, b1) ∘ (a2, b2) = (a1·a2, a2·b1 + b2), and adds C·h to the output. The launcher's tiles
+are 16 bytes of input wide and one channel row per thread, so that scan runs in each thread's
+registers, one position after another. Δ̂ (bias, softplus,
 scale and threshold applied), Δ̂·u and the output stay in registers across the states.
 
 States are handled NG at a time, unrolled, with one [BLOCK_D] register vector per state
