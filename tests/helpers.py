@@ -108,6 +108,28 @@ def make_case(batch, dim, L, dstate, *, dtype=torch.float32, B_kind="variable", 
     return args, kwargs
 
 
+def strided(x):
+    """A non-contiguous tensor with x's values (every stride doubled in the last dimension)."""
+    return torch.stack([x, torch.full_like(x, math.nan)], -1)[..., 0]
+
+
+def strided_case(batch, dim, L, dstate, **options):
+    """make_case with every input a non-contiguous view: activations transposed, parameter and
+    scale tensors strided."""
+    args, kwargs = make_case(batch, dim, L, dstate, z=True, initial_state=True,
+                             delta_scale="tensor", a_scale="dim_n", delta_threshold=True,
+                             **options)
+    args[0] = args[0].transpose(1, 2).contiguous().transpose(1, 2)
+    args[1] = args[1].transpose(1, 2).contiguous().transpose(1, 2)
+    args[2] = args[2].t().contiguous().t()
+    args[3] = args[3].transpose(1, 2).contiguous().transpose(1, 2)
+    args[6] = args[6].permute(2, 0, 1).contiguous().permute(1, 2, 0)
+    args[5], args[7] = strided(args[5]), strided(args[7])
+    kwargs = {k: strided(v) if torch.is_tensor(v) and v.is_floating_point() else v
+              for k, v in kwargs.items()}
+    return args, kwargs
+
+
 def to_double(x):
     return x.double() if torch.is_tensor(x) and x.is_floating_point() else x
 

@@ -17,7 +17,7 @@ from reference import grad_tolerance, selective_scan_ref
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import (
     BC_KINDS, DTYPES, OPTIONS, combination_case, make_case, nan_filled_outputs,
-    option_ids, rel_err, to_double,
+    option_ids, rel_err, strided_case, to_double,
 )
 
 # (batch, dim, L, N): dim not a multiple of the channel block, L odd and over two chunks.
@@ -32,10 +32,10 @@ def _leaves(args, kwargs, convert):
     leaves = {}
     for i, name in enumerate(ARG_NAMES):
         if torch.is_tensor(args[i]):
-            args[i] = leaves[name] = convert(args[i]).detach().clone().requires_grad_(True)
+            args[i] = leaves[name] = convert(args[i]).detach().requires_grad_(True)
     for name in KWARG_GRADS:
         if torch.is_tensor(kwargs.get(name)):
-            kwargs[name] = leaves[name] = convert(kwargs[name]).detach().clone().requires_grad_(True)
+            kwargs[name] = leaves[name] = convert(kwargs[name]).detach().requires_grad_(True)
     return args, kwargs, leaves
 
 
@@ -229,14 +229,8 @@ def test_threshold_stops_the_gradient_to_delta():
 
 
 def test_non_contiguous_inputs():
-    batch, dim, L, dstate = SHAPE
-    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True)
-    delta, A = args[1], args[2]
-    args[0] = torch.randn(batch, L, dim, device=DEVICE).transpose(1, 2)
-    args[1] = delta.transpose(1, 2).contiguous().transpose(1, 2)
-    args[2] = A.t().contiguous().t()
-    args[3] = torch.randn(batch, L, dstate, device=DEVICE).transpose(1, 2)
-    args[6] = torch.randn(L, batch, dim, device=DEVICE).permute(1, 2, 0)
+    """Transposed activations; strided D, delta_bias, scales, threshold and initial state."""
+    args, kwargs = strided_case(*SHAPE)
     check(args, kwargs, torch.float32)
 
 

@@ -13,7 +13,7 @@ from reference import forward_tolerance
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import (
     BC_KINDS, DTYPES, OPTIONS, combination_case, make_case, nan_filled_outputs, option_ids,
-    reference, rel_err,
+    reference, rel_err, strided_case,
 )
 
 # (batch, dim, L, N): dim not a multiple of the channel block, L odd and over two chunks.
@@ -133,14 +133,8 @@ def test_chunk_states_are_the_states_entering_each_chunk():
 
 
 def test_non_contiguous_inputs():
-    batch, dim, L, dstate = SHAPE
-    args, kwargs = make_case(batch, dim, L, dstate, z=True)
-    delta, A = args[1], args[2]
-    args[0] = torch.randn(batch, L, dim, device=DEVICE).transpose(1, 2)
-    args[1] = delta.transpose(1, 2).contiguous().transpose(1, 2)
-    args[2] = A.t().contiguous().t()
-    args[3] = torch.randn(batch, L, dstate, device=DEVICE).transpose(1, 2)
-    args[6] = torch.randn(L, batch, dim, device=DEVICE).permute(1, 2, 0)
+    """Transposed activations; strided D, delta_bias, scales, threshold and initial state."""
+    args, kwargs = strided_case(*SHAPE)
     check(args, kwargs, torch.float32)
 
 

@@ -88,6 +88,11 @@ def _flag(x):
     return int(x is not None)
 
 
+def channel_vectors(*xs):
+    """The (dim,) parameters contiguous: the kernels read them at unit stride."""
+    return tuple(x.contiguous() if torch.is_tensor(x) else x for x in xs)
+
+
 def selective_scan_fwd(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        initial_state=None, delta_scale=None, a_scale=None, delta_threshold=None,
                        keep_idx=None, *, B_variable, C_variable, B_groups=1, C_groups=1,
@@ -412,6 +417,8 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     B_variable, B_groups, C_variable, C_groups = check_inputs(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state,
         delta_scale, a_scale, delta_threshold, keep_idx, INTERPRETED)
+    D, delta_bias, delta_scale, delta_threshold = channel_vectors(D, delta_bias, delta_scale,
+                                                                  delta_threshold)
     out, last_state = SelectiveScanFn.apply(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, delta_scale, a_scale,
         delta_threshold, keep_idx, B_variable, C_variable, B_groups, C_groups)
