@@ -4,6 +4,8 @@
 # usage (repo root): bash bench/gpu_session.sh STEP...   (default: all steps)
 #   tests-fwd     pytest tests/test_selective_scan.py tests/test_validation.py
 #   tests-bwd     pytest tests/test_backward.py
+#   tests-methods pytest of the decode step and the methods (state update, DeciMamba, LongMamba,
+#                 modulation)
 #   main          python -m fusedscan (forward and gradient errors against the reference)
 #   mamba         build mamba-ssm's selective_scan_cuda from .mamba-ssm/ (bench/mamba_ssm_cuda.py)
 #   bench         pytest bench/ --benchmark-only (builds mamba-ssm beside compiling the kernels,
@@ -16,7 +18,7 @@ OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests-fwd tests-bwd main bench memory)
+[ ${#steps[@]} -gt 0 ] || steps=(tests-fwd tests-bwd tests-methods main bench memory)
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, 'cuda', torch.version.cuda)"
@@ -32,6 +34,8 @@ for step in "${steps[@]}"; do
   case $step in
     tests-fwd) pytest_run tests/test_selective_scan.py tests/test_validation.py --junitxml="$OUT/tests-fwd.xml" ;;
     tests-bwd) pytest_run tests/test_backward.py --junitxml="$OUT/tests-bwd.xml" ;;
+    tests-methods) pytest_run tests/test_state_update.py tests/test_decimamba.py \
+        tests/test_longmamba.py tests/test_modulation.py --junitxml="$OUT/tests-methods.xml" ;;
     main) python3 -m fusedscan ;;
     mamba) python3 bench/mamba_ssm_cuda.py build ;;
     bench)

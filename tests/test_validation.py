@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from fusedscan import selective_scan_ext
+from fusedscan import selective_scan_ext, selective_state_update_ext
 from fusedscan.selective_scan.validate import check_inputs
 from tests.conftest import DEVICE
 from tests.helpers import make_case
@@ -111,3 +111,60 @@ def test_float_scales_are_accepted_as_numbers():
     call = base(delta_scale=2, a_scale=math.pi)
     u, delta, A, B, C = (call.pop(k) for k in ("u", "delta", "A", "B", "C"))
     assert torch.isfinite(selective_scan_ext(u, delta, A, B, C, **call)).all()
+
+
+def step_base(**over):
+    """Valid arguments of selective_state_update_ext with every option, then `over`."""
+    call = dict(state=t(BATCH, DIM, N), x=t(BATCH, DIM), dt=t(BATCH, DIM), A=-t(DIM, N).abs(),
+                B=t(BATCH, 2, N), C=t(BATCH, N), D=t(DIM), z=t(BATCH, DIM), dt_bias=t(DIM),
+                dt_softplus=True, delta_scale=t(DIM).abs(), a_scale=t(DIM, N).abs(),
+                delta_threshold=t(DIM))
+    call.update(over)
+    return call
+
+
+STEP_CASES = [
+    (dict(x=t(BATCH, DIM, 1)), ValueError, ["x", "(batch, dim)"]),
+    (dict(x=t(BATCH, DIM).int()), TypeError, ["x", "dtype"]),
+    (dict(state=t(BATCH, DIM, N, dtype=torch.bfloat16)), TypeError, ["state", "float32"]),
+    (dict(state=t(BATCH, DIM, N + 1)), ValueError, ["state", "(batch, dim, N)"]),
+    (dict(state=t(1, DIM, N).expand(BATCH, DIM, N)), ValueError, ["state", "in place"]),
+    (dict(state=[0.0]), TypeError, ["state", "torch.Tensor"]),
+    (dict(dt=None), TypeError, ["dt", "torch.Tensor"]),
+    (dict(dt=t(BATCH, DIM + 1)), ValueError, ["dt", "(batch, dim)"]),
+    (dict(z=t(BATCH, DIM).double()), TypeError, ["z", "dtype"]),
+    (dict(A=t(DIM + 1, N)), ValueError, ["A", "(dim, N)"]),
+    (dict(A=t(DIM, N).half()), TypeError, ["A", "float32"]),
+    (dict(B=t(BATCH, N, 1)), ValueError, ["B", "(batch, G, N)"]),
+    (dict(B=t(BATCH, 3, N)), ValueError, ["B", "groups", "divide"]),
+    (dict(C=t(BATCH, N + 1)), ValueError, ["C", "(batch, N)"]),
+    (dict(C=t(BATCH, 1, 1, N)), ValueError, ["C", "4-D"]),
+    (dict(D=t(DIM + 1)), ValueError, ["D", "(dim,)"]),
+    (dict(dt_bias=t(DIM).double()), TypeError, ["dt_bias", "float32"]),
+    (dict(dt_softplus=1), TypeError, ["dt_softplus", "bool"]),
+    (dict(delta_scale="1"), TypeError, ["delta_scale", "float"]),
+    (dict(a_scale=t(N)), ValueError, ["a_scale", "(dim, N)"]),
+    (dict(delta_threshold=t(DIM, 1)), ValueError, ["delta_threshold", "(dim,)"]),
+    (dict(D=torch.randn(DIM, device="meta")), ValueError, ["D", "device"]),
+    (dict(dt_bias=t(DIM).requires_grad_()), ValueError, ["dt_bias", "no_grad"]),
+]
+
+
+@pytest.mark.parametrize("over,exc,words", STEP_CASES,
+                         ids=[f"{sorted(c[0])}-{i}" for i, c in enumerate(STEP_CASES)])
+def test_step_bad_input_is_named(over, exc, words):
+    call = step_base(**over)
+    state = call["state"].clone() if torch.is_tensor(call["state"]) else None
+    with pytest.raises(exc) as info:
+        selective_state_update_ext(**call)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+    if state is not None:
+        assert torch.equal(call["state"], state)  # nothing ran
+
+
+def test_step_valid_base_case_runs():
+    out = selective_state_update_ext(**step_base())
+    assert out.shape == (BATCH, DIM) and torch.isfinite(out).all()
+    with torch.no_grad():
+        selective_state_update_ext(**step_base(dt_bias=t(DIM).requires_grad_()))

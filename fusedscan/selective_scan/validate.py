@@ -73,6 +73,28 @@ def _check_bc(name, M, batch, dim, dstate, L, params, activations):
                      f"got {M.dim()}-D with shape {tuple(M.shape)}")
 
 
+def check_devices(arguments, interpreted):
+    """All tensors among `arguments` ({name: value}, the first one a tensor) on the first one's
+    device, which must be CUDA, or the CPU when the kernels run in Triton's interpreter."""
+    tensors = {k: v for k, v in arguments.items() if isinstance(v, torch.Tensor)}
+    first, x0 = next(iter(tensors.items()))
+    for name, x in tensors.items():
+        if x.device != x0.device:
+            raise ValueError(f"{name} is on {x.device} but {first} is on {x0.device}; "
+                             "all tensors must be on one device")
+    if x0.device.type == "cpu":
+        if not interpreted:
+            raise ValueError(f"{first} is on the CPU: fusedscan's kernels run on CUDA GPUs, or on "
+                             "the CPU only through Triton's interpreter (set TRITON_INTERPRET=1 "
+                             "before importing fusedscan)")
+    elif x0.device.type != "cuda":
+        raise ValueError(f"{first} must be on a CUDA device (or the CPU under TRITON_INTERPRET=1), "
+                         f"got {x0.device}")
+    elif interpreted:
+        raise ValueError(f"{first} is on CUDA but TRITON_INTERPRET=1 was set when fusedscan was "
+                         "imported")
+
+
 def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                  initial_state, delta_scale, a_scale, delta_threshold, keep_idx, interpreted):
     """Raises TypeError / ValueError / NotImplementedError naming the offending argument.
@@ -129,25 +151,10 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_las
     if delta_threshold is not None:
         _param("delta_threshold", delta_threshold, (dim,), "(dim,)", params)
 
-    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
-               "delta_bias": delta_bias, "initial_state": initial_state,
-               "delta_scale": delta_scale, "a_scale": a_scale,
-               "delta_threshold": delta_threshold, "keep_idx": keep_idx}
-    tensors = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-    for name, x in tensors.items():
-        if x.device != u.device:
-            raise ValueError(f"{name} is on {x.device} but u is on {u.device}; "
-                             "all tensors must be on one device")
-    if u.device.type == "cpu":
-        if not interpreted:
-            raise ValueError("u is on the CPU: fusedscan's kernels run on CUDA GPUs, or on the CPU "
-                             "only through Triton's interpreter (set TRITON_INTERPRET=1 before "
-                             "importing fusedscan)")
-    elif u.device.type != "cuda":
-        raise ValueError(f"u must be on a CUDA device (or the CPU under TRITON_INTERPRET=1), "
-                         f"got {u.device}")
-    elif interpreted:
-        raise ValueError("u is on CUDA but TRITON_INTERPRET=1 was set when fusedscan was imported")
+    check_devices({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z,
+                   "delta_bias": delta_bias, "initial_state": initial_state,
+                   "delta_scale": delta_scale, "a_scale": a_scale,
+                   "delta_threshold": delta_threshold, "keep_idx": keep_idx}, interpreted)
 
     if keep_idx is not None:
         _tensor("keep_idx", keep_idx)
