@@ -107,7 +107,8 @@ class LongMambaCalibration:
         """delta_threshold (dim,) float32 for a sequence of S positions: −inf for local channels
         and, when S <= T, for every channel; for a global channel, the value of its sorted
         calibration Δ̂ curve stretched to S points at the first index where the running sum
-        exceeds the curve's total over T (−inf if it never does). Cached per (layer, S, device)."""
+        exceeds the curve's total over T (−inf if it never does). Cached per (layer, S, device):
+        the same tensor comes back each time (do not modify it)."""
         if isinstance(S, bool) or not isinstance(S, int) or S < 1:
             raise ValueError(f"S must be a positive int, got {S!r}")
         mask = self.global_mask(layer)

@@ -53,10 +53,11 @@ def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, delta_s
         raise ValueError("state must not be an expanded view (a zero stride): it is updated in "
                          "place")
     for name, t in (("dt", dt), ("z", z)):
-        if t is not None or name == "dt":
-            _tensor(name, t)
-            _dtype(name, t, activations)
-            _shape(name, t, (batch, dim), "(batch, dim) like x")
+        if name == "z" and t is None:
+            continue
+        _tensor(name, t)
+        _dtype(name, t, activations)
+        _shape(name, t, (batch, dim), "(batch, dim) like x")
     groups = tuple(_check_bc(name, M, batch, dim, dstate, activations)
                    for name, M in (("B", B), ("C", C)))
     for name, t in (("D", D), ("dt_bias", dt_bias), ("delta_threshold", delta_threshold)):
@@ -120,7 +121,8 @@ def selective_state_update_ext(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
     dstate = A.shape[1]
     delta_mult, delta_scale_t, a_mult, a_scale_t = _kernel_scales(delta_scale, a_scale, dim, dstate)
     block_n = triton.next_power_of_2(dstate)
-    block_d = min(triton.next_power_of_2(dim), 4 if INTERPRETED else max(4, 2048 // block_n))
+    # About 4 states per thread of 4 warps: many small programs, as a single token is latency-bound.
+    block_d = min(triton.next_power_of_2(dim), 4 if INTERPRETED else max(1, 512 // block_n))
     out = torch.empty((batch, dim), dtype=x.dtype, device=x.device)
 
     def ptr(t):
