@@ -5,7 +5,8 @@
 #   tests-fwd     pytest tests/test_selective_scan.py tests/test_validation.py
 #   tests-bwd     pytest tests/test_backward.py
 #   tests-methods pytest of the decode step, the methods (DeciMamba, LongMamba, modulation),
-#                 docs/methods.md's examples and the argument checks
+#                 docs/methods.md's examples, the argument checks and the custom ops (opcheck,
+#                 torch.compile, CUDA graph of a step)
 #   main          python -m fusedscan (forward and gradient errors against the reference)
 #   mamba         build mamba-ssm's selective_scan_cuda from .mamba-ssm/ (bench/mamba_ssm_cuda.py)
 #   bench         pytest bench/ --benchmark-only (builds mamba-ssm beside compiling the kernels,
@@ -35,7 +36,7 @@ for step in "${steps[@]}"; do
     tests-fwd) pytest_run tests/test_selective_scan.py tests/test_validation.py --junitxml="$OUT/tests-fwd.xml" ;;
     tests-bwd) pytest_run tests/test_backward.py --junitxml="$OUT/tests-bwd.xml" ;;
     tests-methods) pytest_run tests/test_state_update.py tests/test_decimamba.py \
-        tests/test_longmamba.py tests/test_modulation.py tests/test_docs.py \
+        tests/test_longmamba.py tests/test_modulation.py tests/test_docs.py tests/test_compile.py \
         tests/test_validation.py --junitxml="$OUT/tests-methods.xml" ;;
     main) python3 -m fusedscan ;;
     mamba) python3 bench/mamba_ssm_cuda.py build ;;

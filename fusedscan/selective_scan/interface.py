@@ -1,9 +1,11 @@
 """selective_scan_ext: argument handling, kernel launch and the autograd wrapper."""
 
 import math
+from typing import Optional
 
 import torch
 import triton
+from torch import Tensor
 from triton.runtime.interpreter import InterpretedFunction
 
 from fusedscan.selective_scan.chunk import LOG2E, selective_scan_fwd_kernel
@@ -329,45 +331,112 @@ def _bc_grad(partial, M, variable, groups, keep_idx):
     return grad.to(M.dtype)
 
 
-class SelectiveScanFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                delta_scale, a_scale, delta_threshold, keep_idx, B_variable, C_variable, B_groups,
-                C_groups):
-        out, last_state, chunk_states = selective_scan_fwd(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, delta_scale,
-            a_scale, delta_threshold, keep_idx, B_variable=B_variable, C_variable=C_variable,
-            B_groups=B_groups, C_groups=C_groups)
-        # Tensor scales go through save_for_backward, float ones on ctx.
-        scales = (delta_scale, a_scale)
-        ctx.float_scales = tuple(None if torch.is_tensor(s) else s for s in scales)
-        ctx.options = dict(delta_softplus=delta_softplus, B_variable=B_variable,
-                           C_variable=C_variable, B_groups=B_groups, C_groups=C_groups)
-        ctx.save_for_backward(
-            u, delta, A, B, C, D, z, delta_bias, initial_state,
-            *(s if torch.is_tensor(s) else None for s in scales), delta_threshold, keep_idx,
-            chunk_states)
-        ctx.set_materialize_grads(False)
-        return out, last_state
+def split_scale(scale):
+    """A scale as the custom ops take it: (tensor or None, float or None)."""
+    return (scale, None) if torch.is_tensor(scale) else (None, scale)
 
-    @staticmethod
-    def backward(ctx, dout, dlast):
-        (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_scale_t, a_scale_t,
-         delta_threshold, keep_idx, chunk_states) = ctx.saved_tensors
-        delta_scale = delta_scale_t if delta_scale_t is not None else ctx.float_scales[0]
-        a_scale = a_scale_t if a_scale_t is not None else ctx.float_scales[1]
-        opts = ctx.options
-        if dout is None:
-            nvisit = keep_idx.shape[1] if keep_idx is not None else u.shape[2]
-            dout = torch.zeros((*u.shape[:2], nvisit), dtype=u.dtype, device=u.device)
-        (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0, ddelta_scale,
-         da_scale) = selective_scan_bwd(
-            dout, dlast, u, delta, A, B, C, D, z, delta_bias, opts["delta_softplus"],
-            initial_state, delta_scale, a_scale, delta_threshold, keep_idx, chunk_states,
-            B_variable=opts["B_variable"], C_variable=opts["C_variable"],
-            B_groups=opts["B_groups"], C_groups=opts["C_groups"])
-        return (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, None, dh0, ddelta_scale, da_scale,
-                None, None, None, None, None, None)
+
+def join_scale(tensor, number):
+    """The inverse of split_scale."""
+    return tensor if tensor is not None else number
+
+
+# The scan as two torch custom ops, so that torch.compile sees it as one opaque node (no graph
+# break) and autograd connects them. Options are plain arguments; a scale arrives as a tensor
+# or a float, never both.
+@torch.library.custom_op("fusedscan::selective_scan_fwd", mutates_args=())
+def selective_scan_fwd_op(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+    z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+    initial_state: Optional[Tensor], delta_scale_t: Optional[Tensor],
+    delta_scale_f: Optional[float], a_scale_t: Optional[Tensor], a_scale_f: Optional[float],
+    delta_threshold: Optional[Tensor], keep_idx: Optional[Tensor], B_variable: bool,
+    C_variable: bool, B_groups: int, C_groups: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, last_state, chunk_states) of selective_scan_fwd."""
+    return selective_scan_fwd(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+        join_scale(delta_scale_t, delta_scale_f), join_scale(a_scale_t, a_scale_f),
+        delta_threshold, keep_idx, B_variable=B_variable, C_variable=C_variable, B_groups=B_groups,
+        C_groups=C_groups)
+
+
+@selective_scan_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, delta_scale_t,
+      delta_scale_f, a_scale_t, a_scale_f, delta_threshold, keep_idx, B_variable, C_variable,
+      B_groups, C_groups):
+    batch, dim, L = u.shape
+    nvisit = keep_idx.shape[1] if keep_idx is not None else L
+    dstate = A.shape[1]
+    return (u.new_empty((batch, dim, nvisit)), A.new_empty((batch, dim, dstate)),
+            A.new_empty((batch, dim, (nvisit + CHUNK_SIZE - 1) // CHUNK_SIZE, dstate)))
+
+
+GRAD_INPUTS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state",
+               "delta_scale_t", "a_scale_t")
+
+
+@torch.library.custom_op("fusedscan::selective_scan_bwd", mutates_args=())
+def selective_scan_bwd_op(
+    dout: Tensor, dlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+    C: Tensor, D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+    delta_softplus: bool, initial_state: Optional[Tensor], delta_scale_t: Optional[Tensor],
+    delta_scale_f: Optional[float], a_scale_t: Optional[Tensor], a_scale_f: Optional[float],
+    delta_threshold: Optional[Tensor], keep_idx: Optional[Tensor], chunk_states: Tensor,
+    B_variable: bool, C_variable: bool, B_groups: int, C_groups: int,
+) -> list[Tensor]:
+    """The gradients of GRAD_INPUTS from selective_scan_bwd; an empty tensor for an absent
+    input (custom ops return no None)."""
+    grads = selective_scan_bwd(
+        dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+        join_scale(delta_scale_t, delta_scale_f), join_scale(a_scale_t, a_scale_f),
+        delta_threshold, keep_idx, chunk_states, B_variable=B_variable, C_variable=C_variable,
+        B_groups=B_groups, C_groups=C_groups)
+    # The per-channel gradients are rows of one buffer; outputs must not alias each other.
+    return [g.clone() if g is not None and g._base is not None else
+            g if g is not None else u.new_empty(0) for g in grads]
+
+
+@selective_scan_bwd_op.register_fake
+def _(dout, dlast, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+      delta_scale_t, delta_scale_f, a_scale_t, a_scale_f, delta_threshold, keep_idx,
+      chunk_states, B_variable, C_variable, B_groups, C_groups):
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, delta_scale_t, a_scale_t)
+    return [torch.empty_like(x) if x is not None else u.new_empty(0) for x in inputs]
+
+
+_FWD_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "delta_softplus",
+             "initial_state", "delta_scale_t", "delta_scale_f", "a_scale_t", "a_scale_f",
+             "delta_threshold", "keep_idx", "B_variable", "C_variable", "B_groups", "C_groups")
+_SAVED = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state",
+          "delta_scale_t", "a_scale_t", "delta_threshold", "keep_idx")
+
+
+def _setup_context(ctx, inputs, output):
+    args = dict(zip(_FWD_ARGS, inputs))
+    ctx.options = {k: args[k] for k in ("delta_softplus", "delta_scale_f", "a_scale_f",
+                                         "B_variable", "C_variable", "B_groups", "C_groups")}
+    ctx.save_for_backward(*(args[k] for k in _SAVED), output[2])
+    ctx.mark_non_differentiable(output[2])
+
+
+def _backward(ctx, dout, dlast, _):
+    saved = dict(zip(_SAVED + ("chunk_states",), ctx.saved_tensors))
+    u, keep_idx = saved["u"], saved["keep_idx"]
+    if dout is None:
+        nvisit = keep_idx.shape[1] if keep_idx is not None else u.shape[2]
+        dout = u.new_zeros((*u.shape[:2], nvisit))
+    grads = selective_scan_bwd_op(
+        dout, dlast, *(saved[k] for k in _SAVED[:8]), ctx.options["delta_softplus"],
+        saved["initial_state"], saved["delta_scale_t"], ctx.options["delta_scale_f"],
+        saved["a_scale_t"], ctx.options["a_scale_f"], saved["delta_threshold"], keep_idx,
+        saved["chunk_states"], ctx.options["B_variable"], ctx.options["C_variable"],
+        ctx.options["B_groups"], ctx.options["C_groups"])
+    by_name = {k: g if saved[k] is not None else None for k, g in zip(GRAD_INPUTS, grads)}
+    return tuple(by_name.get(k) for k in _FWD_ARGS)
+
+
+selective_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -419,7 +488,8 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         delta_scale, a_scale, delta_threshold, keep_idx, INTERPRETED)
     D, delta_bias, delta_scale, delta_threshold = channel_vectors(D, delta_bias, delta_scale,
                                                                   delta_threshold)
-    out, last_state = SelectiveScanFn.apply(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, delta_scale, a_scale,
-        delta_threshold, keep_idx, B_variable, C_variable, B_groups, C_groups)
+    out, last_state, _ = selective_scan_fwd_op(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+        *split_scale(delta_scale), *split_scale(a_scale), delta_threshold, keep_idx, B_variable,
+        C_variable, B_groups, C_groups)
     return (out, last_state) if return_last_state else out

@@ -1,10 +1,13 @@
 """selective_state_update_ext: argument checks and launch of the decode-step kernel."""
 
+from typing import Optional
+
 import torch
 import triton
+from torch import Tensor
 
 from fusedscan.selective_scan.interface import (
-    INTERPRETED, _kernel_scales, _strides, channel_vectors,
+    INTERPRETED, _kernel_scales, _strides, channel_vectors, join_scale, split_scale,
 )
 from fusedscan.selective_scan.validate import (
     ACTIVATION_DTYPES, F64, _dtype, _param, _scale, _shape, _tensor, check_devices,
@@ -82,6 +85,48 @@ def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, delta_s
     return groups
 
 
+@torch.library.custom_op("fusedscan::selective_state_update", mutates_args=("state",))
+def selective_state_update_op(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+    z: Optional[Tensor], dt_bias: Optional[Tensor], dt_softplus: bool,
+    delta_scale_t: Optional[Tensor], delta_scale_f: Optional[float], a_scale_t: Optional[Tensor],
+    a_scale_f: Optional[float], delta_threshold: Optional[Tensor], B_groups: int, C_groups: int,
+) -> Tensor:
+    """Launches the step kernel on checked inputs (a torch custom op: one opaque node under
+    torch.compile, capturable in a CUDA graph); returns out, updates state."""
+    batch, dim = x.shape
+    dstate = A.shape[1]
+    delta_mult, delta_scale_t, a_mult, a_scale_t = _kernel_scales(
+        join_scale(delta_scale_t, delta_scale_f), join_scale(a_scale_t, a_scale_f), dim, dstate)
+    block_n = triton.next_power_of_2(dstate)
+    # About 4 states per thread of 4 warps: many small programs, as a single token is latency-bound.
+    block_d = min(triton.next_power_of_2(dim), 4 if INTERPRETED else max(1, 512 // block_n))
+    out = torch.empty((batch, dim), dtype=x.dtype, device=x.device)
+
+    def ptr(t):
+        return t if t is not None else A
+
+    def bc_strides(M):
+        return (M.stride(0), 0, M.stride(1)) if M.dim() == 2 else M.stride()
+
+    selective_state_update_kernel[(triton.cdiv(dim, block_d), batch)](
+        state, x, dt, A, B, C, ptr(D), ptr(z), ptr(dt_bias), ptr(delta_scale_t), ptr(a_scale_t),
+        ptr(delta_threshold), out,
+        dim, dstate, dim // B_groups, dim // C_groups, delta_mult, a_mult,
+        int(D is not None), int(dt_bias is not None), int(dt_softplus),
+        int(delta_scale_t is not None), int(a_scale_t is not None), int(delta_threshold is not None),
+        *state.stride(), *x.stride(), *dt.stride(), *_strides(z, 2), *out.stride(), *A.stride(),
+        *bc_strides(B), *bc_strides(C), *_strides(a_scale_t, 2),
+        BLOCK_D=block_d, BLOCK_N=block_n, HAS_Z=z is not None, num_warps=4 if not INTERPRETED else 1)
+    return out
+
+
+@selective_state_update_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, delta_scale_t, delta_scale_f, a_scale_t,
+      a_scale_f, delta_threshold, B_groups, C_groups):
+    return torch.empty_like(x)
+
+
 def selective_state_update_ext(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                                dt_softplus=False, *, delta_scale=None, a_scale=None,
                                delta_threshold=None):
@@ -117,27 +162,7 @@ def selective_state_update_ext(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
                                            delta_scale, a_scale, delta_threshold)
     D, dt_bias, delta_scale, delta_threshold = channel_vectors(D, dt_bias, delta_scale,
                                                                delta_threshold)
-    batch, dim = x.shape
-    dstate = A.shape[1]
-    delta_mult, delta_scale_t, a_mult, a_scale_t = _kernel_scales(delta_scale, a_scale, dim, dstate)
-    block_n = triton.next_power_of_2(dstate)
-    # About 4 states per thread of 4 warps: many small programs, as a single token is latency-bound.
-    block_d = min(triton.next_power_of_2(dim), 4 if INTERPRETED else max(1, 512 // block_n))
-    out = torch.empty((batch, dim), dtype=x.dtype, device=x.device)
+    return selective_state_update_op(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, *split_scale(delta_scale),
+        *split_scale(a_scale), delta_threshold, B_groups, C_groups)
 
-    def ptr(t):
-        return t if t is not None else A
-
-    def bc_strides(M):
-        return (M.stride(0), 0, M.stride(1)) if M.dim() == 2 else M.stride()
-
-    selective_state_update_kernel[(triton.cdiv(dim, block_d), batch)](
-        state, x, dt, A, B, C, ptr(D), ptr(z), ptr(dt_bias), ptr(delta_scale_t), ptr(a_scale_t),
-        ptr(delta_threshold), out,
-        dim, dstate, dim // B_groups, dim // C_groups, delta_mult, a_mult,
-        int(D is not None), int(dt_bias is not None), int(dt_softplus),
-        int(delta_scale_t is not None), int(a_scale_t is not None), int(delta_threshold is not None),
-        *state.stride(), *x.stride(), *dt.stride(), *_strides(z, 2), *out.stride(), *A.stride(),
-        *bc_strides(B), *bc_strides(C), *_strides(a_scale_t, 2),
-        BLOCK_D=block_d, BLOCK_N=block_n, HAS_Z=z is not None, num_warps=4 if not INTERPRETED else 1)
-    return out
