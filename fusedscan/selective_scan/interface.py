@@ -482,6 +482,10 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     keep_idx get no gradient. Where Δ̂ <= delta_threshold the gradient to delta is 0; with
     keep_idx the gradients of u, delta, z and variable B, C are zero at positions not kept.
     Gradients come back in each input's dtype; the backward pass is deterministic.
+
+    The kernels run as the torch custom ops fusedscan::selective_scan_fwd / _bwd, so
+    torch.compile traces the call without a graph break; only keep_idx's check (strictly
+    increasing, in range) reads the indices on the host and breaks the graph.
     """
     B_variable, B_groups, C_variable, C_groups = check_inputs(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state,
