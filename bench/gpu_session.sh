@@ -7,6 +7,9 @@
 #   tests-methods pytest of the decode step, the methods (DeciMamba, LongMamba, modulation),
 #                 docs/methods.md's examples, the argument checks and the custom ops (opcheck,
 #                 torch.compile, CUDA graph of a step)
+#   tests-models  pytest tests/test_models.py: patched transformers and mamba-ssm models (builds
+#                 mamba-ssm's selective_scan_cuda from .mamba-ssm/ first, unless built, and
+#                 imports mamba-ssm from its extracted sources)
 #   main          python -m fusedscan (forward and gradient errors against the reference)
 #   mamba         build mamba-ssm's selective_scan_cuda from .mamba-ssm/ (bench/mamba_ssm_cuda.py)
 #   bench         pytest bench/ --benchmark-only (builds mamba-ssm beside compiling the kernels,
@@ -38,6 +41,11 @@ for step in "${steps[@]}"; do
     tests-methods) pytest_run tests/test_state_update.py tests/test_decimamba.py \
         tests/test_longmamba.py tests/test_modulation.py tests/test_docs.py tests/test_compile.py \
         tests/test_validation.py --junitxml="$OUT/tests-methods.xml" ;;
+    tests-models)
+      { ls .mamba-ssm/build/selective_scan_cuda*.so > /dev/null 2>&1 ||
+          python3 bench/mamba_ssm_cuda.py build; } &&
+        { export PYTHONPATH=$PWD:$PWD/.mamba-ssm/build:$PWD/.mamba-ssm/mamba_ssm-2.3.2.post1
+          pytest_run tests/test_models.py -rfEs --junitxml="$OUT/tests-models.xml"; } ;;
     main) python3 -m fusedscan ;;
     mamba) python3 bench/mamba_ssm_cuda.py build ;;
     bench)
@@ -60,7 +68,7 @@ for i in "${!steps[@]}"; do
   step=${steps[$i]}
   echo "${summary[$i]}"
   case $step in
-    tests-*) tail -n 1 "$OUT/$step.log"; grep -E "^(FAILED|ERROR)" "$OUT/$step.log" | head -20 ;;
+    tests-*) tail -n 1 "$OUT/$step.log"; grep -E "^(FAILED|ERROR|SKIPPED)" "$OUT/$step.log" | head -20 ;;
     main) tail -n 5 "$OUT/$step.log" ;;
     mamba) tail -n 2 "$OUT/$step.log" ;;
     memory) tail -n 4 "$OUT/$step.log" ;;

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fusedscan import selective_scan_ext, selective_state_update_ext
+from fusedscan.methods.decimamba import delta_norm_op
 from fusedscan.selective_scan.interface import selective_scan_fwd_op, split_scale
 from fusedscan.selective_scan.validate import check_inputs
 from fusedscan.selective_state_update.interface import selective_state_update_op
@@ -52,6 +53,14 @@ def test_opcheck_step():
         state, u[..., 0], delta[..., 0], A, B[..., 0], C[..., 0], D, z[..., 0], bias, softplus,
         *split_scale(kwargs["delta_scale"]), *split_scale(kwargs["a_scale"]),
         kwargs["delta_threshold"], 2, 1))
+
+
+def test_opcheck_delta_norm():
+    batch, dim, L, _ = SHAPE
+    delta = torch.randn(batch, dim, L, device=DEVICE)
+    bias = torch.randn(dim, device=DEVICE)
+    for args in ((delta, bias, True), (delta.half(), None, False)):
+        torch.library.opcheck(delta_norm_op, args)
 
 
 def test_compile_fullgraph_forward_and_backward():

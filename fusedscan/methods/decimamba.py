@@ -60,9 +60,15 @@ def decimation_scores(delta, delta_bias=None, delta_softplus=True):
     and delta_threshold). Returns (batch, L) float32 (float64 for float64 inputs). One Triton
     reduction that reads delta once."""
     _check_delta(delta, delta_bias, delta_softplus)
+    return delta_norm_op(delta, delta_bias, delta_softplus)
+
+
+@torch.library.custom_op("fusedscan::delta_norm", mutates_args=())
+def delta_norm_op(delta: torch.Tensor, delta_bias: torch.Tensor | None,
+                  delta_softplus: bool) -> torch.Tensor:
+    """decimation_scores' kernel launch, a custom op so that torch.compile traces it."""
     batch, dim, L = delta.shape
-    acc = torch.float64 if delta.dtype == torch.float64 else torch.float32
-    scores = torch.empty((batch, L), dtype=acc, device=delta.device)
+    scores = torch.empty((batch, L), dtype=_score_dtype(delta), device=delta.device)
     block_d, block_l = (4, 16) if INTERPRETED else (16, 256)
     bias = delta_bias.contiguous() if delta_bias is not None else scores
     delta_norm_kernel[(triton.cdiv(L, block_l), batch)](
@@ -70,6 +76,15 @@ def decimation_scores(delta, delta_bias=None, delta_softplus=True):
         *delta.stride(), scores.stride(0), BLOCK_D=block_d, BLOCK_L=block_l,
         num_warps=1 if INTERPRETED else 4)
     return scores
+
+
+@delta_norm_op.register_fake
+def _(delta, delta_bias, delta_softplus):
+    return delta.new_empty(delta.shape[0], delta.shape[2], dtype=_score_dtype(delta))
+
+
+def _score_dtype(delta):
+    return torch.float64 if delta.dtype == torch.float64 else torch.float32
 
 
 def _check_count(name, value, minimum):

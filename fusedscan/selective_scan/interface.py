@@ -487,9 +487,18 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     torch.compile traces the call without a graph break; only keep_idx's check (strictly
     increasing, in range) reads the indices on the host and breaks the graph.
     """
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                initial_state, delta_scale, a_scale, delta_threshold, keep_idx)
+
+
+def scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state,
+         delta_scale, a_scale, delta_threshold, keep_idx, trust_keep_idx=False):
+    """selective_scan_ext's checks and launch. trust_keep_idx=True skips keep_idx's value
+    check (the one host read), for indices made by ``decimate``, which are valid by
+    construction; fusedscan.models uses it so that a compiled model has no graph break."""
     B_variable, B_groups, C_variable, C_groups = check_inputs(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state,
-        delta_scale, a_scale, delta_threshold, keep_idx, INTERPRETED)
+        delta_scale, a_scale, delta_threshold, keep_idx, INTERPRETED, trust_keep_idx)
     D, delta_bias, delta_scale, delta_threshold = channel_vectors(D, delta_bias, delta_scale,
                                                                   delta_threshold)
     out, last_state, _ = selective_scan_fwd_op(

@@ -96,7 +96,8 @@ def check_devices(arguments, interpreted):
 
 
 def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                 initial_state, delta_scale, a_scale, delta_threshold, keep_idx, interpreted):
+                 initial_state, delta_scale, a_scale, delta_threshold, keep_idx, interpreted,
+                 trust_keep_idx=False):
     """Raises TypeError / ValueError / NotImplementedError naming the offending argument.
 
     Returns (B_variable, B_groups, C_variable, C_groups). `interpreted` tells whether the
@@ -162,6 +163,8 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_las
         if keep_idx.dim() != 2 or keep_idx.shape[0] != batch or keep_idx.shape[1] < 1:
             raise ValueError(f"keep_idx must have shape (batch, K) with batch = {batch} and K >= 1, "
                              f"got {tuple(keep_idx.shape)}")
+        if trust_keep_idx:
+            return B_variable, B_groups, C_variable, C_groups
         if keep_idx.shape[1] > 1 and not bool((keep_idx[:, 1:] > keep_idx[:, :-1]).all()):
             raise ValueError("keep_idx must be strictly increasing along each row")
         lo, hi = int(keep_idx[:, 0].min()), int(keep_idx[:, -1].max())
