@@ -94,5 +94,23 @@ class DeltaRecorder:
         return False
 
 
+def record_delta_hats(model, batches, layers=None, device="cpu"):
+    """Runs ``model`` without gradients or cache on each token batch of ``batches`` (an
+    iterable of (batch, T) int64 tensors, e.g. calibration sequences of the training length)
+    and returns the ``DeltaRecorder`` holding every recorded layer's Δ̂ per sequence, and A. An
+    unpatched model is patched with method=None for the run and restored after it."""
+    patched = "_fusedscan_patched" in model.__dict__
+    if not patched:
+        apply_fusedscan(model)
+    try:
+        with DeltaRecorder(model, layers, device) as recorder, torch.no_grad():
+            for tokens in batches:
+                _library(model).run(model, tokens)
+    finally:
+        if not patched:
+            remove_fusedscan(model)
+    return recorder
+
+
 __all__ = ["DeciMamba", "DeltaRecorder", "LongMamba", "MambaExtend", "Modulation",
-           "apply_fusedscan", "kept_positions", "remove_fusedscan"]
+           "apply_fusedscan", "kept_positions", "record_delta_hats", "remove_fusedscan"]

@@ -22,6 +22,10 @@ def kept_positions(model):
     return _backbone(model).fusedscan_kept_positions
 
 
+def run(model, tokens):
+    return model(tokens, use_cache=False)
+
+
 def _modeling():
     """transformers' modeling_mamba, or None: a model of it exists only once it is imported."""
     return sys.modules.get("transformers.models.mamba.modeling_mamba")

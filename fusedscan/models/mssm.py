@@ -80,6 +80,10 @@ def kept_positions(model):
     return None if backbone is None else backbone.fusedscan_kept_positions
 
 
+def run(model, tokens):
+    return model(tokens)
+
+
 def _allocate_inference_cache(self, batch_size, max_seqlen, dtype=None, **kwargs):
     """The inference cache with the ssm state in float32 (fusedscan's decode step keeps its
     state in float32; float64 for a float64 model)."""
