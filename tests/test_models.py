@@ -22,6 +22,9 @@ from tests.helpers import rel_err
 from tests.model_libs import DT_RANK, LAYERS, LIBS, N, VOCAB
 
 L = 37 if ON_GPU else 23
+# float64 against the reference: the kernels take float scales and log2 e as float32 scalar
+# arguments (about 1e-8 relative); a method's effect is checked to be far larger.
+F64_TOL = 1e-7
 METHODS = ["decimamba", "decimamba-two-layers", "longmamba", "modulation-power",
            "modulation-linear", "mambaextend"]
 
@@ -160,14 +163,14 @@ def test_method_matches_reference(lib, name):
         got = lib.hidden(model, x)
     assert logits.shape == (*want.shape[:2], VOCAB)
     assert got.shape == want.shape
-    assert rel_err(got, want) < 1e-8
+    assert rel_err(got, want) < F64_TOL
     if name.startswith("decimamba"):
         assert torch.equal(kept_positions(model).cpu(), positions.cpu())
         assert positions.shape[1] < L and not torch.equal(positions[0], positions[1])
         assert torch.equal(positions[:, -1].cpu(), torch.full((2,), L - 1))
     else:
         assert kept_positions(model) is None
-        assert rel_err(got, plain) > 1e-6  # the method changes the model
+        assert rel_err(got, plain) > 10 * F64_TOL  # the method changes the model
 
 
 @pytest.mark.parametrize("name", ["none", "decimamba", "longmamba", "modulation-power",
@@ -194,7 +197,7 @@ def test_decoding_after_prefill_matches_reference(lib, name):
                 select = lambda layer, delta, bias, keep=keep: keep if layer == 1 else None  # noqa: E731
             want, _ = reference_hidden(lib, model, x[:, :L + t + 1], options, select)
             got = lib.step(model, x[:, L + t:L + t + 1], cache)
-            assert rel_err(got[:, -1], want[:, -1]) < 1e-8
+            assert rel_err(got[:, -1], want[:, -1]) < F64_TOL
 
 
 def test_training_gradients_match_unpatched(lib):
