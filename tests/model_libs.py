@@ -47,6 +47,11 @@ class Transformers:
     def logits(self, model, x):
         return model(x).logits
 
+    def hidden_and_logits(self, model, x):
+        """The final hidden states (the head's input) and the logits, from one forward."""
+        out = model(x, output_hidden_states=True, use_cache=False)
+        return out.hidden_states[-1], out.logits
+
     def prefill(self, model, x):
         """Runs x with a fresh cache; returns (last hidden states, the cache)."""
         out = model.backbone(x, use_cache=True)
@@ -101,6 +106,9 @@ class MambaSSM:
 
     def logits(self, model, x):
         return model(x).logits
+
+    def hidden_and_logits(self, model, x):
+        return self.hidden(model, x), self.logits(model, x)
 
     def _params(self, x):
         from mamba_ssm.utils.generation import InferenceParams
