@@ -256,6 +256,11 @@ def test_bad_arguments(lib):
         DeltaRecorder(model)
     with pytest.raises(ValueError, match="layers"):
         DeltaRecorder(apply_fusedscan(model), layers=[7])
+    if lib.name == "mamba_ssm":  # a bare mixer has no residual stream to gather
+        mixer = lib.parts(model)[1][0][1]
+        with pytest.raises(ValueError, match="DeciMamba needs"):
+            apply_fusedscan(mixer, DeciMamba(DecimationSchedule(layers=(0,))))
+        assert "forward" not in mixer.__dict__ or "_fusedscan_patched" in model.__dict__
 
 
 @pytest.mark.parametrize("name", ["none", "decimamba", "longmamba", "modulation-power",

@@ -30,7 +30,6 @@ def apply_fusedscan(model, method=None):
     method = as_method(method)
     remove_fusedscan(model)
     model._fusedscan_patched = library.patch(model, method)
-    model._fusedscan_method = method
     return model
 
 
@@ -39,8 +38,10 @@ def remove_fusedscan(model):
     the model."""
     modules = model.__dict__.pop("_fusedscan_patched", None)
     if modules is not None:
-        _library(model).unpatch(modules)
-        del model._fusedscan_method
+        for module in modules:  # the patch set these instance attributes, over the classes'
+            for name in ("forward", "allocate_inference_cache", "fusedscan_parts",
+                         "fusedscan_kept_positions"):
+                module.__dict__.pop(name, None)
     return model
 
 

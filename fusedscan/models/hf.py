@@ -58,12 +58,6 @@ def patch(model, method):
     return [backbone, *backbone.layers, *(b.mixer for b in backbone.layers)]
 
 
-def unpatch(modules):
-    for module in modules:
-        for name in ("forward", "fusedscan_parts", "fusedscan_kept_positions"):
-            module.__dict__.pop(name, None)
-
-
 def parts_of(model):
     return [block.mixer.fusedscan_parts for block in _backbone(model).layers]
 

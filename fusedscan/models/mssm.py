@@ -64,13 +64,6 @@ def patch(model, method):
     return patched
 
 
-def unpatch(modules):
-    for module in modules:
-        for name in ("forward", "allocate_inference_cache", "fusedscan_parts",
-                     "fusedscan_kept_positions"):
-            module.__dict__.pop(name, None)
-
-
 def parts_of(model):
     return [m.fusedscan_parts for m in _mixers(model)]
 
