@@ -260,7 +260,6 @@ def test_bad_arguments(lib):
         mixer = lib.parts(model)[1][0][1]
         with pytest.raises(ValueError, match="DeciMamba needs"):
             apply_fusedscan(mixer, DeciMamba(DecimationSchedule(layers=(0,))))
-        assert "forward" not in mixer.__dict__ or "_fusedscan_patched" in model.__dict__
 
 
 @pytest.mark.parametrize("name", ["none", "decimamba", "longmamba", "modulation-power",
