@@ -26,6 +26,7 @@ steps=("$@")
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   python3 -c "import torch, triton, numpy; print('torch', torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__, 'cuda', torch.version.cuda)"
+  python3 -c "import transformers; print('transformers', transformers.__version__)" || true
 } 2>&1 | tee "$OUT/versions.txt"
 
 pytest_run() {

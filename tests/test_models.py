@@ -238,7 +238,7 @@ def test_delta_recorder_records_each_layer_delta_hat(lib):
             h = h + mixer_ref(mixer, norm(h), DT_RANK, N, {}, lambda delta, bias: None)[0]
 
 
-def test_bad_arguments(lib):
+def test_bad_arguments(lib, monkeypatch):
     model = lib.build()
     with pytest.raises(TypeError, match="method"):
         apply_fusedscan(model, "decimamba")
@@ -256,6 +256,12 @@ def test_bad_arguments(lib):
         DeltaRecorder(model)
     with pytest.raises(ValueError, match="layers"):
         DeltaRecorder(apply_fusedscan(model), layers=[7])
+    if lib.name == "transformers":  # the cache API fusedscan uses came with 5.17
+        remove_fusedscan(model)
+        monkeypatch.setattr(importlib.import_module("transformers"), "__version__", "4.57.6")
+        with pytest.raises(ValueError, match="transformers >= 5.17"):
+            apply_fusedscan(model)
+        assert "forward" not in lib.backbone(model).__dict__
     if lib.name == "mamba_ssm":  # a bare mixer has no residual stream to gather
         mixer = lib.parts(model)[1][0][1]
         with pytest.raises(ValueError, match="DeciMamba needs"):

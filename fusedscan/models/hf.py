@@ -48,6 +48,10 @@ def _parts(mixer):
 
 
 def patch(model, method):
+    version = sys.modules["transformers"].__version__
+    if tuple(int(v) for v in version.split(".")[:2]) < (5, 17):
+        raise ValueError(f"fusedscan patches transformers >= 5.17 Mamba models (its cache API); "
+                         f"transformers {version} is installed")
     backbone = _backbone(model)
     for block in backbone.layers:
         block.mixer.fusedscan_parts = _parts(block.mixer)
