@@ -92,7 +92,7 @@ def main(argv=None):
         os.execve(sys.executable, [sys.executable, "-m", "fusedscan", *argv],
                   dict(os.environ, TRITON_INTERPRET="1"))
     from fusedscan import selective_scan_ext
-    from reference import forward_tolerance, grad_tolerance, selective_scan_ref
+    from reference import forward_tolerance, grad_tolerance, scan_inputs, selective_scan_ref
 
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
@@ -111,14 +111,8 @@ def main(argv=None):
     grad_worst = {}
     for name in args.dtype:
         dtype = DTYPES[name]
-        u = torch.randn(b, d, L, device=device).to(dtype)
-        delta = (0.7 * torch.randn(b, d, L, device=device) - 1.0).to(dtype)
-        A = -(0.2 + 1.5 * torch.rand(d, n, device=device))
-        B = torch.randn(b, n, L, device=device).to(dtype)
-        C = torch.randn(b, n, L, device=device).to(dtype)
-        D = torch.randn(d, device=device)
-        z = torch.randn(b, d, L, device=device).to(dtype)
-        bias = 0.3 * torch.randn(d, device=device)
+        (u, delta, A, B, C, D, z, bias, _), _ = scan_inputs(b, d, L, n, dtype=dtype,
+                                                            device=device)
         pos = (u, delta, A, B, C, D, z, bias, True, True)
         for case, kw in _cases(d, n, L, b, device):
             out, state = selective_scan_ext(*pos, **kw)

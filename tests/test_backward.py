@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from fusedscan import selective_scan_ext
-from fusedscan.selective_scan.interface import (
-    BWD_BLOCK_T, CHUNK_SIZE, selective_scan_bwd, selective_scan_fwd,
-)
+from fusedscan.selective_scan.chunk import CHUNK_SIZE, selective_scan_fwd
+from fusedscan.selective_scan.chunk_backward import BWD_BLOCK_T, selective_scan_bwd
+from fusedscan.selective_scan.options import BCLayout
 from reference import grad_tolerance, selective_scan_ref
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import (
-    BC_KINDS, DTYPES, OPTIONS, combination_case, make_case, nan_filled_outputs,
-    option_ids, rel_err, strided_case, to_double,
+    BC_KINDS, DTYPES, OPTIONS, combination_case, launcher_args, make_case,
+    nan_filled_outputs, option_ids, rel_err, strided_case, to_double,
 )
 
 # (batch, dim, L, N): dim not a multiple of the channel block, L odd and over two chunks.
@@ -143,14 +143,13 @@ def test_keep_counts(K):
     assert set(errors) >= {"u", "delta", "z", "B", "C"}
 
 
-def check_bwd_launch(args, kwargs, opts, **launch):
+def check_bwd_launch(args, kwargs, layout, **launch):
     """selective_scan_bwd with a forced launch option against the reference's gradients."""
-    out, last, chunk_states = selective_scan_fwd(*args, **kwargs, **opts)
+    inputs = launcher_args(args, kwargs)
+    out, last, chunk_states = selective_scan_fwd(*inputs, layout)
     g_out, g_last = output_grads(out, last, 7, out.dtype)
     with nan_filled_outputs():
-        grads = selective_scan_bwd(
-            g_out, g_last, *args, kwargs.get("initial_state"), None, kwargs.get("a_scale"),
-            kwargs.get("delta_threshold"), kwargs.get("keep_idx"), chunk_states, **opts, **launch)
+        grads = selective_scan_bwd(g_out, g_last, *inputs, layout, chunk_states, **launch)
     ref, _ = gradients(selective_scan_ref, args, kwargs, True, True, 7, to_double)
     names = ARG_NAMES + ["initial_state", "delta_scale", "a_scale"]
     for name, g in zip(names, grads):
@@ -168,8 +167,7 @@ def test_range_lengths(range_length, dstate):
     L = 3 * CHUNK_SIZE - 5
     args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, delta_threshold=True,
                              a_scale="dim", keep=L - 7)
-    check_bwd_launch(args, kwargs, dict(B_variable=True, C_variable=True),
-                     range_length=range_length)
+    check_bwd_launch(args, kwargs, BCLayout(), range_length=range_length)
 
 
 @pytest.mark.parametrize("groups,splits", [(1, 2), (1, 4), (2, 2)])
@@ -181,8 +179,7 @@ def test_channel_splits(groups, splits):
     dim = 4 * (8 if ON_GPU else 4)  # four channel blocks
     args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, a_scale="dim_n")
     args[3] = torch.randn(batch, groups, dstate, L, device=DEVICE)
-    opts = dict(B_variable=True, C_variable=True, B_groups=groups, C_groups=1)
-    check_bwd_launch(args, kwargs, opts, channel_splits=splits)
+    check_bwd_launch(args, kwargs, BCLayout(B_groups=groups), channel_splits=splits)
 
 
 def test_gradient_through_last_state_only():

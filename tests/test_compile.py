@@ -7,8 +7,10 @@ import torch
 
 from fusedscan import selective_scan_ext, selective_state_update_ext
 from fusedscan.methods.decimamba import delta_norm_op
-from fusedscan.selective_scan.interface import selective_scan_fwd_op, split_scale
+from fusedscan.selective_scan.interface import selective_scan_fwd_op
+from fusedscan.selective_scan.options import ScanOptions, op_args as scan_op_args
 from fusedscan.selective_scan.validate import check_inputs
+from fusedscan.utils.launch import split_scale
 from fusedscan.selective_state_update.interface import selective_state_update_op
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import make_case, rel_err
@@ -25,14 +27,12 @@ CASES = {
 def op_args(args, kwargs):
     """selective_scan_fwd_op's arguments for a make_case case."""
     u, delta, A, B, C, D, z, delta_bias, softplus = args
-    B_variable, B_groups, C_variable, C_groups = check_inputs(
-        u, delta, A, B, C, D, z, delta_bias, softplus, False, kwargs.get("initial_state"),
-        kwargs.get("delta_scale"), kwargs.get("a_scale"), kwargs.get("delta_threshold"),
-        kwargs.get("keep_idx"), not ON_GPU)
-    return (u, delta, A, B, C, D, z, delta_bias, softplus, kwargs.get("initial_state"),
-            *split_scale(kwargs.get("delta_scale")), *split_scale(kwargs.get("a_scale")),
-            kwargs.get("delta_threshold"), kwargs.get("keep_idx"), B_variable, C_variable,
-            B_groups, C_groups)
+    layout = check_inputs(u, delta, A, B, C, D, z, delta_bias, softplus, False,
+                          kwargs.get("initial_state"), kwargs.get("delta_scale"),
+                          kwargs.get("a_scale"), kwargs.get("delta_threshold"),
+                          kwargs.get("keep_idx"))
+    opts = ScanOptions(D, z, delta_bias, softplus, **kwargs)
+    return (u, delta, A, B, C, *scan_op_args(opts, layout))
 
 
 @pytest.mark.parametrize("case", CASES)

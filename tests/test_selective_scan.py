@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from fusedscan import selective_scan_ext
-from fusedscan.selective_scan.interface import CHUNK_SIZE, selective_scan_fwd
+from fusedscan.selective_scan.chunk import CHUNK_SIZE, selective_scan_fwd
 from reference import forward_tolerance
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import (
-    BC_KINDS, DTYPES, OPTIONS, combination_case, make_case, nan_filled_outputs, option_ids,
-    reference, rel_err, strided_case,
+    BC_KINDS, DTYPES, OPTIONS, combination_case, launcher_args, make_case, nan_filled_outputs,
+    option_ids, reference, rel_err, strided_case,
 )
 
 # (batch, dim, L, N): dim not a multiple of the channel block, L odd and over two chunks.
@@ -108,8 +108,8 @@ def test_split_positions(segments, dstate):
     args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, delta_threshold=True,
                              a_scale="dim")
     with nan_filled_outputs():
-        out, last, chunk_states = selective_scan_fwd(
-            *args, **kwargs, B_variable=True, C_variable=True, num_segments=segments)
+        out, last, chunk_states = selective_scan_fwd(*launcher_args(args, kwargs),
+                                                     num_segments=segments)
     ref_out, ref_state = reference(args, kwargs)
     assert rel_err(out, ref_out) <= 1e-5 and rel_err(last, ref_state) <= 1e-5
 
@@ -119,8 +119,7 @@ def test_chunk_states_are_the_states_entering_each_chunk():
     L = 3 * CHUNK_SIZE + 5
     args, kwargs = make_case(batch, dim, L, dstate, initial_state=True)
     with nan_filled_outputs():
-        _, _, chunk_states = selective_scan_fwd(*args, **kwargs, B_variable=True,
-                                                C_variable=True)
+        _, _, chunk_states = selective_scan_fwd(*launcher_args(args, kwargs))
     assert chunk_states.shape == (batch, dim, 4, dstate)
     for c in range(4):
         prefix = [a[..., :c * CHUNK_SIZE] if torch.is_tensor(a) and a.dim() == 3 else a

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fusedscan import selective_scan_ext, selective_state_update_ext
+import fusedscan.utils.device
 from fusedscan.selective_scan.validate import check_inputs
 from tests.conftest import DEVICE
 from tests.helpers import make_case
@@ -70,14 +71,15 @@ CASES = [
      ["keep_idx", "batch"]),
     (dict(keep_idx=torch.zeros(BATCH, 0, dtype=torch.int64, device=DEVICE)), ValueError,
      ["keep_idx", "K >= 1"]),
-    (dict(keep_idx=torch.tensor([[0, 2, 2], [1, 2, 3]], device=DEVICE)), ValueError,
-     ["keep_idx", "strictly increasing"]),
-    (dict(keep_idx=torch.tensor([[0, 2, 1], [1, 2, 3]], device=DEVICE)), ValueError,
-     ["keep_idx", "strictly increasing"]),
-    (dict(keep_idx=torch.tensor([[0, 2, L], [1, 2, 3]], device=DEVICE)), ValueError,
-     ["keep_idx", "[0, L)"]),
-    (dict(keep_idx=torch.tensor([[-1, 2, 3], [1, 2, 3]], device=DEVICE)), ValueError,
-     ["keep_idx", "[0, L)"]),
+    (dict(keep_idx=torch.tensor([[0, 2, 2], [1, 2, 3]], device=DEVICE), check_keep_idx=True),
+     ValueError, ["keep_idx", "strictly increasing"]),
+    (dict(keep_idx=torch.tensor([[0, 2, 1], [1, 2, 3]], device=DEVICE), check_keep_idx=True),
+     ValueError, ["keep_idx", "strictly increasing"]),
+    (dict(keep_idx=torch.tensor([[0, 2, L], [1, 2, 3]], device=DEVICE), check_keep_idx=True),
+     ValueError, ["keep_idx", "[0, L)"]),
+    (dict(keep_idx=torch.tensor([[-1, 2, 3], [1, 2, 3]], device=DEVICE), check_keep_idx=True),
+     ValueError, ["keep_idx", "[0, L)"]),
+    (dict(check_keep_idx=1), TypeError, ["check_keep_idx", "bool"]),
     (dict(u=t(BATCH, DIM, 0), delta=t(BATCH, DIM, 0)), ValueError, ["u", ">= 1"]),
     (dict(D=torch.randn(DIM, device="meta")), ValueError, ["D", "device"]),
 ]
@@ -100,11 +102,36 @@ def test_valid_base_case_runs():
     assert out.shape == (BATCH, DIM, 5) and torch.isfinite(out).all()
 
 
-def test_cpu_tensors_without_the_interpreter_are_refused():
+def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
+    monkeypatch.setattr(fusedscan.utils.device, "INTERPRETED", False)
     u = torch.randn(1, 2, 3)
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         check_inputs(u, u, torch.randn(2, 4), torch.randn(2, 4), torch.randn(2, 4), None, None,
-                     None, False, False, None, None, None, None, None, interpreted=False)
+                     None, False, False, None, None, None, None, None)
+
+
+BAD_KEEP = {
+    # row 0 breaks the rules from column `first_bad` on (row 1 is valid)
+    "repeated": ([[0, 2, 2, 5], [1, 2, 3, 4]], 2),
+    "decreasing": ([[0, 3, 1, 5], [1, 2, 3, 4]], 2),
+    "too-large": ([[0, 2, 5, L], [1, 2, 3, 4]], 3),
+    "negative": ([[-1, 2, 3, 5], [1, 2, 3, 4]], 0),
+}
+
+
+@pytest.mark.parametrize("case", BAD_KEEP)
+def test_bad_keep_idx_values_give_nan_without_waiting(case):
+    """By default keep_idx's values are checked on the device: the row's outputs are NaN from
+    the first entry that breaks the rules (and its last state), the other row is untouched."""
+    values, first_bad = BAD_KEEP[case]
+    call = base(keep_idx=torch.tensor(values, device=DEVICE), return_last_state=True)
+    u, delta, A, B, C = (call.pop(k) for k in ("u", "delta", "A", "B", "C"))
+    out, last = selective_scan_ext(u, delta, A, B, C, **call)
+    good = dict(call, keep_idx=torch.tensor([values[1], values[1]], device=DEVICE))
+    ref_out, ref_last = selective_scan_ext(u, delta, A, B, C, **good)
+    assert torch.isfinite(out[0, :, :first_bad]).all()
+    assert torch.isnan(out[0, :, first_bad:]).all() and torch.isnan(last[0]).all()
+    assert torch.equal(out[1], ref_out[1]) and torch.equal(last[1], ref_last[1])
 
 
 def test_float_scales_are_accepted_as_numbers():

@@ -8,11 +8,11 @@ import torch
 import triton
 import triton.language as tl
 
-from fusedscan.selective_scan.chunk import _softplus
-from fusedscan.selective_scan.interface import INTERPRETED
-from fusedscan.selective_scan.validate import (
-    ACTIVATION_DTYPES, F64, _dtype, _param, _tensor, check_devices,
+from fusedscan.utils.checks import (
+    ACTIVATION_DTYPES, F64, check_dtype, check_param, check_tensor, param_dtypes,
 )
+from fusedscan.utils.device import INTERPRETED, check_devices
+from fusedscan.utils.kernels import softplus
 
 
 @triton.jit(do_not_specialize=["has_bias", "delta_softplus"])
@@ -33,23 +33,23 @@ def delta_norm_kernel(delta_ptr, delta_bias_ptr, scores_ptr, dim, L, has_bias, d
         x = tl.load(src + rows.to(tl.int64)[:, None] * stride_d, mask=mask, other=0.0).to(ACC)
         x += tl.load(delta_bias_ptr + rows, mask=(rows < dim) & (has_bias != 0), other=0.0)[:, None]
         if delta_softplus:
-            x = _softplus(x)
+            x = softplus(x)
         acc += tl.where(mask, x * x, 0.0)
     tl.store(scores_ptr + b * stride_scores_b + cols, tl.sqrt(tl.sum(acc, axis=0)), mask=col_ok)
 
 
 def _check_delta(delta, delta_bias, delta_softplus):
-    _tensor("delta", delta)
-    _dtype("delta", delta, ACTIVATION_DTYPES + F64)
+    check_tensor("delta", delta)
+    check_dtype("delta", delta, ACTIVATION_DTYPES + F64)
     if delta.dim() != 3 or 0 in delta.shape:
         raise ValueError(f"delta must be 3-D (batch, dim, L) with every size >= 1, got shape "
                          f"{tuple(delta.shape)}")
     if delta_bias is not None:
-        params = F64 if delta.dtype == torch.float64 else (torch.float32,)
-        _param("delta_bias", delta_bias, (delta.shape[1],), "(dim,)", params)
+        params, _ = param_dtypes(delta)
+        check_param("delta_bias", delta_bias, (delta.shape[1],), "(dim,)", params)
     if not isinstance(delta_softplus, bool):
         raise TypeError(f"delta_softplus must be a bool, got {type(delta_softplus).__name__}")
-    check_devices({"delta": delta, "delta_bias": delta_bias}, INTERPRETED)
+    check_devices({"delta": delta, "delta_bias": delta_bias})
 
 
 def decimation_scores(delta, delta_bias=None, delta_softplus=True):
@@ -60,22 +60,31 @@ def decimation_scores(delta, delta_bias=None, delta_softplus=True):
     and delta_threshold). Returns (batch, L) float32 (float64 for float64 inputs). One Triton
     reduction that reads delta once."""
     _check_delta(delta, delta_bias, delta_softplus)
-    return delta_norm_op(delta, delta_bias, delta_softplus)
+    if torch.compiler.is_compiling():
+        return delta_norm_op(delta, delta_bias, delta_softplus)
+    return delta_norm(delta, delta_bias, delta_softplus)
+
+
+def delta_norm(delta, delta_bias, delta_softplus):
+    """Launches delta_norm_kernel on checked inputs: scores (batch, L)."""
+    batch, dim, L = delta.shape
+    scores = torch.empty((batch, L), dtype=_score_dtype(delta), device=delta.device)
+    block_d, block_l = (4, 16) if INTERPRETED else (16, 256)
+    bias = delta_bias.contiguous() if delta_bias is not None else scores
+    stride_b, stride_d, stride_l = delta.stride()
+    delta_norm_kernel[(triton.cdiv(L, block_l), batch)](
+        delta_ptr=delta, delta_bias_ptr=bias, scores_ptr=scores, dim=dim, L=L,
+        has_bias=int(delta_bias is not None), delta_softplus=int(delta_softplus),
+        stride_b=stride_b, stride_d=stride_d, stride_l=stride_l, stride_scores_b=scores.stride(0),
+        BLOCK_D=block_d, BLOCK_L=block_l, num_warps=1 if INTERPRETED else 4)
+    return scores
 
 
 @torch.library.custom_op("fusedscan::delta_norm", mutates_args=())
 def delta_norm_op(delta: torch.Tensor, delta_bias: torch.Tensor | None,
                   delta_softplus: bool) -> torch.Tensor:
-    """decimation_scores' kernel launch, a custom op so that torch.compile traces it."""
-    batch, dim, L = delta.shape
-    scores = torch.empty((batch, L), dtype=_score_dtype(delta), device=delta.device)
-    block_d, block_l = (4, 16) if INTERPRETED else (16, 256)
-    bias = delta_bias.contiguous() if delta_bias is not None else scores
-    delta_norm_kernel[(triton.cdiv(L, block_l), batch)](
-        delta, bias, scores, dim, L, int(delta_bias is not None), int(delta_softplus),
-        *delta.stride(), scores.stride(0), BLOCK_D=block_d, BLOCK_L=block_l,
-        num_warps=1 if INTERPRETED else 4)
-    return scores
+    """delta_norm as a custom op, so that torch.compile traces it."""
+    return delta_norm(delta, delta_bias, delta_softplus)
 
 
 @delta_norm_op.register_fake
@@ -159,7 +168,7 @@ class DecimationSchedule:
     def select(self, layer, delta, delta_bias=None, delta_softplus=True):
         """keep_idx (batch, K) for `layer` from its delta (batch, dim, L), or None when the
         layer does not decimate."""
-        _tensor("delta", delta)
+        check_tensor("delta", delta)
         k = self.num_kept(layer, delta.shape[-1])
         if k is None:
             return None

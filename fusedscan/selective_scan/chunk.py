@@ -20,71 +20,33 @@ its ΣΔ̂ per channel, and the main pass folds those into each segment's start 
 (h ← exp(A·ΣΔ̂)·h + h_end per earlier segment).
 """
 
-import os
+import math
 
+import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
-LOG2E = 1.4426950408889634
-LN2 = tl.constexpr(0.6931471805599453)
-_LOG2E = tl.constexpr(LOG2E)
+from fusedscan.selective_scan.options import BCLayout
+from fusedscan.utils.device import INTERPRETED, multiprocessor_count
+from fusedscan.utils.kernels import (
+    FLAG_INITIAL_STATE, channel_params, delta_hat, load_A, load_D, option_flags, scan_combine,
+)
+from fusedscan.utils.launch import kernel_scales, strides
 
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    @triton.jit
-    def _log2_approx(x):
-        return tl.log2(x)
-else:
-    @triton.jit
-    def _log2_approx(x):
-        # lg2.approx.f32: one instruction of the special-function unit; absolute error about 2^-22.
-        return libdevice.fast_log2f(x)
+# Visited positions between saved states (the backward pass recomputes one chunk at a time).
+CHUNK_SIZE = 32 if INTERPRETED else 2048
+# States per unrolled group of the kernels: every Mamba-1 model has N <= 16, one group.
+MAX_GROUP = 16
 
 
 @triton.jit
-def _scan_combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _softplus(x):
-    """log(1 + exp(x)), the identity above 20 like torch.nn.functional.softplus."""
-    if x.dtype == tl.float64:
-        # log(w)·e/(w − 1), w = 1 + e, keeps full relative precision for small e.
-        e = tl.exp(x)
-        w = 1.0 + e
-        lp = tl.where(w == 1.0, e, tl.log(w) * (e / (w - 1.0)))
-    else:
-        # exp2/log2 map to the GPU's approximate units; log2's error is absolute near 1, so
-        # small e takes the series of log1p (truncation below 6e-7 relative at e < 1/8).
-        e = tl.exp2(x * _LOG2E)
-        series = e * (1.0 + e * (-0.5 + e * (1.0 / 3.0 + e * (-0.25 + e * (
-            0.2 + e * (-1.0 / 6.0 + e * (1.0 / 7.0)))))))
-        lp = tl.where(e < 0.125, series, LN2 * _log2_approx(1.0 + e))
-    return tl.where(x > 20.0, x, lp)
-
-
-@triton.jit
-def _delta_hat(delta, delta_bias, delta_scale, delta_threshold, delta_softplus):
-    """Δ̂ of a [BLOCK_D, BLOCK_T] tile: returns (Δ̂, delta + bias, the value before scaling). An
-    absent threshold is −inf; NaN is kept (NaN <= thr is false)."""
-    pre = delta + delta_bias[:, None]
-    sp = pre
-    if delta_softplus:
-        sp = _softplus(pre)
-    dt = sp * delta_scale[:, None]
-    dt = tl.where(dt <= delta_threshold[:, None], 0.0, dt)
-    return dt, pre, sp
-
-
-@triton.jit
-def _tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k, MASK_T: tl.constexpr,
-                  HAS_KEEP_IDX: tl.constexpr):
-    """Visited indices j of a tile, their positions in the sequence, and the column masks. A
-    full tile (MASK_T false) gets the always-true mask cols < BLOCK_T, which the compiler sees
-    through, so its loads stay vectorized (a mask on j < j_hi would not); rows past `dim` read
-    the last channel again and are not stored."""
+def tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k, seqlen, MASK_T: tl.constexpr,
+                 HAS_KEEP_IDX: tl.constexpr):
+    """Visited indices j of a tile, their positions in the sequence, the column masks, and the
+    columns whose keep_idx entry breaks the rules (outside [0, seqlen) or not above the entry
+    before it; read as position 0). A full tile (MASK_T false) gets the always-true mask
+    cols < BLOCK_T, which the compiler sees through, so its loads stay vectorized (a mask on
+    j < j_hi would not); rows past `dim` read the last channel again and are not stored."""
     j = j0 + cols
     if MASK_T:
         col_ok = j < j_hi
@@ -92,14 +54,19 @@ def _tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k, MASK_T: tl.cons
         col_ok = cols < cols.shape[0]
     col_mask = (rows * 0 == 0)[:, None] & col_ok[None, :]
     if HAS_KEEP_IDX:
-        pos = tl.load(keep_row + j.to(tl.int64) * stride_keep_k, mask=col_ok, other=0).to(tl.int32)
+        pos = tl.load(keep_row + j.to(tl.int64) * stride_keep_k, mask=col_ok, other=0)
+        prev = tl.load(keep_row + (j - 1).to(tl.int64) * stride_keep_k, mask=col_ok & (j > 0),
+                       other=-1)
+        bad = col_ok & ((pos < 0) | (pos >= seqlen) | (pos <= prev))
+        pos = tl.where(bad, 0, pos).to(tl.int32)
     else:
         pos = j
-    return j, pos, col_ok, col_mask
+        bad = cols < 0
+    return j, pos, col_ok, col_mask, bad
 
 
 @triton.jit
-def _row_setup(pid, n_dblocks, dim, BLOCK_D: tl.constexpr):
+def row_setup(pid, n_dblocks, dim, BLOCK_D: tl.constexpr):
     b = (pid // n_dblocks).to(tl.int64)
     d0 = (pid % n_dblocks) * BLOCK_D
     rows = d0 + tl.arange(0, BLOCK_D)
@@ -109,7 +76,7 @@ def _row_setup(pid, n_dblocks, dim, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _bc_source(M_ptr, b, d0, rows64, dim_per_group, stride_b, stride_g, VARIABLE: tl.constexpr):
+def bc_source(M_ptr, b, d0, rows64, dim_per_group, stride_b, stride_g, VARIABLE: tl.constexpr):
     """Base of a block's B or C: its group's (N, L) slab if variable, else its rows of (dim, N)."""
     if VARIABLE:
         src = M_ptr + b * stride_b + (d0 // dim_per_group).to(tl.int64) * stride_g
@@ -119,7 +86,7 @@ def _bc_source(M_ptr, b, d0, rows64, dim_per_group, stride_b, stride_g, VARIABLE
 
 
 @triton.jit
-def _load_bc(src, n, stride_n, offs, row_ok, state_ok, col_mask, ACC: tl.constexpr,
+def load_bc(src, n, stride_n, offs, row_ok, state_ok, col_mask, ACC: tl.constexpr,
              MASK_T: tl.constexpr, VARIABLE: tl.constexpr):
     """B or C of state n as a [BLOCK_D, BLOCK_T] tile (variable) or a [BLOCK_D, 1] column."""
     if VARIABLE:
@@ -131,27 +98,7 @@ def _load_bc(src, n, stride_n, offs, row_ok, state_ok, col_mask, ACC: tl.constex
 
 
 @triton.jit
-def _channel_params(rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr,
-                    has_delta_bias, has_delta_scale, has_threshold, delta_mult):
-    """Per-channel Δ̂ parameters, absent ones at their neutral value."""
-    delta_bias = tl.load(delta_bias_ptr + rows, mask=row_ok & (has_delta_bias != 0), other=0.0)
-    delta_scale = delta_mult * tl.load(delta_scale_ptr + rows,
-                                       mask=row_ok & (has_delta_scale != 0), other=1.0)
-    delta_threshold = tl.load(delta_threshold_ptr + rows, mask=row_ok & (has_threshold != 0),
-                              other=float("-inf"))
-    return delta_bias, delta_scale, delta_threshold
-
-
-@triton.jit
-def _load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n, row_ok):
-    """A_eff[:, n]·log2(e) for the block's rows (0 for padding states n ≥ N)."""
-    A_n = tl.load(A_rows + n * stride_A_n, mask=row_ok, other=0.0)
-    A_n *= tl.load(a_scale_rows + n * stride_as_n, mask=row_ok & (has_a_scale != 0), other=1.0)
-    return A_n * a_mult
-
-
-@triton.jit
-def _scan_states(
+def scan_states(
     n0, dstate, hs, As, dt, dtu, y, col_mask, row_ok, bc_offs_B, bc_offs_C, is_first, is_last,
     B_src, stride_B_n, C_src, stride_C_n,
     NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr,
@@ -167,14 +114,14 @@ def _scan_states(
             state_ok = n < dstate  # false for the padding states of the last group
         else:
             state_ok = True  # a single group has exactly N states: no mask on the B/C loads
-        B_n = _load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, dtu.dtype,
+        B_n = load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, dtu.dtype,
                        MASK_T, B_VARIABLE)
         b = dtu * B_n
         a = tl.exp2(dt * As[i][:, None])
         b = tl.where(is_first, a * hs[i][:, None] + b, b)
-        _, h = tl.associative_scan((a, b), axis=1, combine_fn=_scan_combine)
+        _, h = tl.associative_scan((a, b), axis=1, combine_fn=scan_combine)
         if not STATE_ONLY:
-            y += h * _load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask,
+            y += h * load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask,
                               dtu.dtype, MASK_T, C_VARIABLE)
         # −0.0 is the exact identity of +, so the compiler drops the adds of non-last columns.
         new_hs = new_hs + (tl.sum(tl.where(is_last, h, -0.0), axis=1),)
@@ -182,13 +129,13 @@ def _scan_states(
 
 
 @triton.jit
-def _store_states(dst_rows, n0, dstate, hs, row_ok, NG: tl.constexpr):
+def store_states(dst_rows, n0, dstate, hs, row_ok, NG: tl.constexpr):
     for i in tl.static_range(NG):
         tl.store(dst_rows + n0 + i, hs[i], mask=row_ok & (n0 + i < dstate))
 
 
 @triton.jit
-def _load_states(src_rows, n0, dstate, row_ok, NG: tl.constexpr):
+def load_states(src_rows, n0, dstate, row_ok, NG: tl.constexpr):
     hs = ()
     for i in tl.static_range(NG):
         hs = hs + (tl.load(src_rows + n0 + i, mask=row_ok & (n0 + i < dstate), other=0.0,
@@ -197,19 +144,19 @@ def _load_states(src_rows, n0, dstate, row_ok, NG: tl.constexpr):
 
 
 @triton.jit
-def _load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n0, dstate,
+def load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0, dstate,
              row_ok, NG: tl.constexpr):
     As = ()
     for i in tl.static_range(NG):
-        As = As + (_load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult,
+        As = As + (load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult,
                            n0 + i, row_ok & (n0 + i < dstate)),)
     return As
 
 
 @triton.jit
-def _start_states(n0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, has_h0, seg_rows,
+def start_states(n0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, seg_rows,
                   seg_dsum_ptr, seg_states_ptr, A_rows, stride_A_n, a_scale_rows, stride_as_n,
-                  has_a_scale, a_mult, NG: tl.constexpr, STATE_ONLY: tl.constexpr):
+                  flags, a_mult, NG: tl.constexpr, STATE_ONLY: tl.constexpr):
     """States n0 .. n0+NG-1 entering segment `seg`."""
     hs = ()
     for i in tl.static_range(NG):
@@ -218,8 +165,9 @@ def _start_states(n0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, has_h0, se
         if STATE_ONLY:
             h = tl.zeros(row_ok.shape, A_rows.dtype.element_ty)
         else:
-            h = tl.load(h0_rows + n * stride_h0_n, mask=ok & (has_h0 != 0), other=0.0)
-            A_n = _load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n, ok)
+            h = tl.load(h0_rows + n * stride_h0_n, mask=ok & ((flags & FLAG_INITIAL_STATE) != 0),
+                        other=0.0)
+            A_n = load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n, ok)
             for s in range(seg):
                 dsum = tl.load(seg_dsum_ptr + seg_rows + s * dim, mask=ok, other=0.0)
                 h_end = tl.load(seg_states_ptr + (seg_rows + s * dim) * dstate + n, mask=ok,
@@ -230,26 +178,29 @@ def _start_states(n0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, has_h0, se
 
 
 @triton.jit
-def _scan_tile(
-    j0, j_hi, hs, As, rows, row_ok, cols,
+def scan_tile(
+    j0, j_hi, seqlen, hs, As, rows, row_ok, cols,
     u_rows, delta_rows, z_rows, out_rows, keep_row,
-    stride_u_l, stride_delta_l, stride_z_l, stride_out_l, stride_keep_k,
-    A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult, has_a_scale,
+    stride_u_l, stride_delta_l, stride_z_l, stride_keep_k,
+    A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
     B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-    delta_bias, delta_scale, delta_threshold, D, delta_softplus,
+    delta_bias, delta_scale, delta_threshold, D, flags,
     carry_src, carry_dst, chunk_rows, dstate, n_groups,
     CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr,
     MASK_T: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
     C_VARIABLE: tl.constexpr, STATE_ONLY: tl.constexpr,
 ):
     """Scans positions [j0, j0 + BLOCK_T) (those < j_hi) for all states. Returns the register
-    carries (unchanged when the states go through the scratch) and the tile's Δ̂."""
+    carries (unchanged when the states go through the scratch) and the tile's Δ̂. A keep_idx
+    entry that breaks the rules turns its u into NaN: out and the state are NaN from there on."""
     ACC = D.dtype  # float32, or float64 for float64 inputs
-    j, pos, col_ok, col_mask = _tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k, MASK_T,
-                                             HAS_KEEP_IDX)
+    j, pos, col_ok, col_mask, bad = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
+                                                 seqlen, MASK_T, HAS_KEEP_IDX)
     u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=col_mask, other=0.0).to(ACC)
+    if HAS_KEEP_IDX:
+        u = tl.where(bad[None, :], float("nan"), u)
     dt = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
-    dt, _, _ = _delta_hat(dt, delta_bias, delta_scale, delta_threshold, delta_softplus)
+    dt, _, _ = delta_hat(dt, delta_bias, delta_scale, delta_threshold, flags)
     if MASK_T:
         # Padding positions become identity steps (a = 1, b = 0), so the state at the tile's
         # last column is the state after its last real position.
@@ -271,48 +222,45 @@ def _scan_tile(
     if not MULTI_GROUP:
         if not STATE_ONLY:
             if is_chunk_start:
-                _store_states(ck_rows, 0, dstate, hs, row_ok, NG)
-        hs, y = _scan_states(0, dstate, hs, As, dt, dtu, y, col_mask, row_ok, bc_offs_B,
-                             bc_offs_C, is_first, is_last, B_src, stride_B_n, C_src, stride_C_n,
-                             NG, MULTI_GROUP, MASK_T, B_VARIABLE, C_VARIABLE, STATE_ONLY)
+                store_states(ck_rows, 0, dstate, hs, row_ok, NG)
+        hs, y = scan_states(0, dstate, hs, As, dt, dtu, y, col_mask, row_ok, bc_offs_B,
+                            bc_offs_C, is_first, is_last, B_src, stride_B_n, C_src, stride_C_n,
+                            NG, MULTI_GROUP, MASK_T, B_VARIABLE, C_VARIABLE, STATE_ONLY)
     else:
         for g in range(n_groups):
             n0 = g * NG
-            hs_g = _load_states(carry_src, n0, dstate, row_ok, NG)
+            hs_g = load_states(carry_src, n0, dstate, row_ok, NG)
             if not STATE_ONLY:
                 if is_chunk_start:
-                    _store_states(ck_rows, n0, dstate, hs_g, row_ok, NG)
-            As_g = _load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult,
-                            n0, dstate, row_ok, NG)
-            hs_g, y = _scan_states(n0, dstate, hs_g, As_g, dt, dtu, y, col_mask, row_ok,
-                                   bc_offs_B, bc_offs_C, is_first, is_last, B_src, stride_B_n, C_src, stride_C_n,
-                                   NG, MULTI_GROUP, MASK_T, B_VARIABLE, C_VARIABLE, STATE_ONLY)
-            _store_states(carry_dst, n0, dstate, hs_g, row_ok, NG)
+                    store_states(ck_rows, n0, dstate, hs_g, row_ok, NG)
+            As_g = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult,
+                           n0, dstate, row_ok, NG)
+            hs_g, y = scan_states(n0, dstate, hs_g, As_g, dt, dtu, y, col_mask, row_ok,
+                                  bc_offs_B, bc_offs_C, is_first, is_last, B_src, stride_B_n,
+                                  C_src, stride_C_n, NG, MULTI_GROUP, MASK_T, B_VARIABLE,
+                                  C_VARIABLE, STATE_ONLY)
+            store_states(carry_dst, n0, dstate, hs_g, row_ok, NG)
         tl.debug_barrier()
 
     if not STATE_ONLY:
         if HAS_Z:
             z = tl.load(z_rows + pos[None, :] * stride_z_l, mask=col_mask, other=0.0).to(ACC)
             y *= z * tl.sigmoid(z)
-        tl.store(out_rows + j[None, :] * stride_out_l, y.to(out_rows.dtype.element_ty),
+        tl.store(out_rows + j[None, :], y.to(out_rows.dtype.element_ty),
                  mask=row_ok[:, None] & col_ok[None, :])
     return hs, dt
 
 
-@triton.jit(do_not_specialize=["has_D", "has_delta_bias", "delta_softplus", "has_delta_scale",
-                               "has_a_scale", "has_threshold", "has_h0", "n_dblocks", "n_segs",
-                               "seg_tiles", "n_chunks", "n_groups"])
+@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_segs", "seg_tiles", "n_groups"])
 def selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
     a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, h0_ptr,
-    out_ptr, last_state_ptr, chunk_states_ptr, seg_states_ptr, seg_dsum_ptr, carry_ptr,
-    dim, dstate, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_segs, seg_tiles, n_chunks,
-    n_groups, delta_mult, a_mult,
-    has_D, has_delta_bias, delta_softplus, has_delta_scale, has_a_scale, has_threshold, has_h0,
+    out_ptr, last_state_ptr, chunk_states_ptr, scratch_ptr,
+    dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_segs, seg_tiles,
+    n_groups, delta_mult, a_mult, flags,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
-    stride_out_b, stride_out_d, stride_out_l,
     stride_A_d, stride_A_n,
     stride_B_b, stride_B_g, stride_B_n, stride_B_l,
     stride_C_b, stride_C_g, stride_C_n, stride_C_l,
@@ -323,34 +271,40 @@ def selective_scan_fwd_kernel(
     MULTI_GROUP: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
     B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, STATE_ONLY: tl.constexpr,
 ):
-    """Grid (batch · n_dblocks, segments). With STATE_ONLY, writes each segment's end state from
-    a zero start to seg_states (batch, n_segs, dim, N) and its ΣΔ̂ to seg_dsum (batch, n_segs,
-    dim); otherwise writes out, chunk_states (batch, dim, n_chunks, N) and, from the last
-    segment, last_state (batch, dim, N). n_groups = ⌈N / NG⌉; with MULTI_GROUP (n_groups > 1)
-    the states are carried through `carry` (grid size · 2 slots · BLOCK_D · N float32)."""
+    """Grid (batch · n_dblocks, segments). out (batch, dim, nvisit) is contiguous. With
+    STATE_ONLY, writes each segment's end state from a zero start and its ΣΔ̂ to the scratch;
+    otherwise writes out, chunk_states (batch, dim, ⌈nvisit / CHUNK⌉, N) and, from the last
+    segment, last_state (batch, dim, N). The scratch holds seg_states (batch, n_segs, dim, N)
+    and seg_dsum (batch, n_segs, dim) when n_segs > 1, then, with MULTI_GROUP
+    (n_groups = ⌈N / NG⌉ > 1), the states carried between tiles (2 slots · BLOCK_D · N per
+    program)."""
     pid = tl.program_id(0)
     seg = tl.program_id(1)
-    b, d0, rows, row_ok, rows64, in_rows64 = _row_setup(pid, n_dblocks, dim, BLOCK_D)
+    batch = tl.num_programs(0) // n_dblocks
+    b, d0, rows, row_ok, rows64, in_rows64 = row_setup(pid, n_dblocks, dim, BLOCK_D)
     cols = tl.arange(0, BLOCK_T)
+    n_chunks = tl.cdiv(nvisit, CHUNK)
 
     u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
     delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
     z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
-    out_rows = (out_ptr + b * stride_out_b + rows64 * stride_out_d)[:, None]
+    out_rows = (out_ptr + (b * dim + rows64) * nvisit)[:, None]
     keep_row = keep_idx_ptr + b * stride_keep_b
     A_rows = A_ptr + rows64 * stride_A_d
     a_scale_rows = a_scale_ptr + rows64 * stride_as_d
     # Every block of BLOCK_D channels lies in one group of B and of C (the launcher picks
     # BLOCK_D so).
-    B_src = _bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
-    C_src = _bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
-    delta_bias, delta_scale, delta_threshold = _channel_params(
-        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, has_delta_bias,
-        has_delta_scale, has_threshold, delta_mult)
-    D = tl.load(D_ptr + rows, mask=row_ok & (has_D != 0), other=0.0)
+    B_src = bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
+    C_src = bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
+    delta_bias, delta_scale, delta_threshold = channel_params(
+        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
+    D = load_D(D_ptr, rows, row_ok, flags)
 
     chunk_rows = chunk_states_ptr + (b * dim + rows64) * n_chunks * dstate
-    carry = carry_ptr + (pid * n_segs + seg).to(tl.int64) * (2 * BLOCK_D) * dstate
+    seg_states_ptr = scratch_ptr
+    seg_dsum_ptr = scratch_ptr + batch * n_segs * dim * dstate
+    carry = (seg_dsum_ptr + batch * n_segs * dim
+             + (pid * n_segs + seg).to(tl.int64) * (2 * BLOCK_D) * dstate)
     carry_rows = carry + tl.arange(0, BLOCK_D) * dstate
     slot = BLOCK_D * dstate
     seg_rows = (b * n_segs) * dim + rows64  # row of segment 0 in seg_states / seg_dsum
@@ -360,19 +314,19 @@ def selective_scan_fwd_kernel(
     # (zero for the state-only pass).
     if MULTI_GROUP:
         for g in range(n_groups):
-            hs_g = _start_states(g * NG, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, has_h0,
-                                 seg_rows, seg_dsum_ptr, seg_states_ptr, A_rows, stride_A_n,
-                                 a_scale_rows, stride_as_n, has_a_scale, a_mult, NG, STATE_ONLY)
-            _store_states(carry_rows, g * NG, dstate, hs_g, row_ok, NG)
+            hs_g = start_states(g * NG, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, seg_rows,
+                                seg_dsum_ptr, seg_states_ptr, A_rows, stride_A_n, a_scale_rows,
+                                stride_as_n, flags, a_mult, NG, STATE_ONLY)
+            store_states(carry_rows, g * NG, dstate, hs_g, row_ok, NG)
         tl.debug_barrier()
         hs = ()  # unused: the carries live in the scratch
         As = ()
     else:
-        hs = _start_states(0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, has_h0, seg_rows,
-                           seg_dsum_ptr, seg_states_ptr, A_rows, stride_A_n, a_scale_rows,
-                           stride_as_n, has_a_scale, a_mult, NG, STATE_ONLY)
-        As = _load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, 0,
-                      dstate, row_ok, NG)
+        hs = start_states(0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, seg_rows,
+                          seg_dsum_ptr, seg_states_ptr, A_rows, stride_A_n, a_scale_rows,
+                          stride_as_n, flags, a_mult, NG, STATE_ONLY)
+        As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, 0,
+                     dstate, row_ok, NG)
 
     # In tiles, so that the compiler sees every tile start aligned for vector loads.
     j_lo = seg * seg_tiles * BLOCK_T
@@ -380,30 +334,30 @@ def selective_scan_fwd_kernel(
     n_full = (j_hi - j_lo) // BLOCK_T
     dsum = tl.zeros([BLOCK_D, BLOCK_T], A_ptr.dtype.element_ty)
     for k in range(n_full):
-        hs, dt = _scan_tile(
-            j_lo + k * BLOCK_T, j_hi, hs, As, rows, row_ok, cols,
+        hs, dt = scan_tile(
+            j_lo + k * BLOCK_T, j_hi, seqlen, hs, As, rows, row_ok, cols,
             u_rows, delta_rows, z_rows, out_rows, keep_row,
-            stride_u_l, stride_delta_l, stride_z_l, stride_out_l, stride_keep_k,
-            A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult, has_a_scale,
+            stride_u_l, stride_delta_l, stride_z_l, stride_keep_k,
+            A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
             B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-            delta_bias, delta_scale, delta_threshold, D, delta_softplus,
+            delta_bias, delta_scale, delta_threshold, D, flags,
             carry_rows + (k % 2) * slot, carry_rows + ((k + 1) % 2) * slot, chunk_rows, dstate,
-            n_groups, CHUNK, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z, HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE,
-            STATE_ONLY)
+            n_groups, CHUNK, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
+            C_VARIABLE, STATE_ONLY)
         if STATE_ONLY:
             dsum += dt
     n_tiles = n_full
     if j_lo + n_full * BLOCK_T < j_hi:
-        hs, dt = _scan_tile(
-            j_lo + n_full * BLOCK_T, j_hi, hs, As, rows, row_ok, cols,
+        hs, dt = scan_tile(
+            j_lo + n_full * BLOCK_T, j_hi, seqlen, hs, As, rows, row_ok, cols,
             u_rows, delta_rows, z_rows, out_rows, keep_row,
-            stride_u_l, stride_delta_l, stride_z_l, stride_out_l, stride_keep_k,
-            A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult, has_a_scale,
+            stride_u_l, stride_delta_l, stride_z_l, stride_keep_k,
+            A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
             B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-            delta_bias, delta_scale, delta_threshold, D, delta_softplus,
+            delta_bias, delta_scale, delta_threshold, D, flags,
             carry_rows + (n_full % 2) * slot, carry_rows + ((n_full + 1) % 2) * slot, chunk_rows,
-            dstate, n_groups, CHUNK, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
-            C_VARIABLE, STATE_ONLY)
+            dstate, n_groups, CHUNK, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX,
+            B_VARIABLE, C_VARIABLE, STATE_ONLY)
         if STATE_ONLY:
             dsum += dt
         n_tiles += 1
@@ -415,8 +369,148 @@ def selective_scan_fwd_kernel(
         dst_rows = last_state_ptr + (b * dim + rows64) * dstate
     if STATE_ONLY or seg == n_segs - 1:
         if not MULTI_GROUP:
-            _store_states(dst_rows, 0, dstate, hs, row_ok, NG)
+            store_states(dst_rows, 0, dstate, hs, row_ok, NG)
         else:
             for g in range(n_groups):
-                hs_g = _load_states(carry_rows + (n_tiles % 2) * slot, g * NG, dstate, row_ok, NG)
-                _store_states(dst_rows, g * NG, dstate, hs_g, row_ok, NG)
+                hs_g = load_states(carry_rows + (n_tiles % 2) * slot, g * NG, dstate, row_ok, NG)
+                store_states(dst_rows, g * NG, dstate, hs_g, row_ok, NG)
+
+
+def bc_strides(M, variable):
+    """(batch, group, state, position) strides of a variable B/C; a fixed (dim, N) one puts its
+    channel stride in the group slot and has no batch or position stride."""
+    if not variable:
+        return 0, M.stride(0), M.stride(1), 0
+    if M.dim() == 3:
+        return M.stride(0), 0, M.stride(1), M.stride(2)
+    return M.stride(0), M.stride(1), M.stride(2), M.stride(3)
+
+
+def fit_block_d(block_d, channels_per_group, dim):
+    """Halves block_d until a block of channels lies inside one group of B and of C."""
+    while channels_per_group != dim and channels_per_group % block_d:
+        block_d //= 2
+    return block_d
+
+
+def kept_bc(M, keep_idx, seqlen):
+    """A variable B or C (batch, [G,] N, L) at the kept positions: (batch, [G,] N, K). Indices
+    outside [0, L) are clamped here (the kernel turns their outputs into NaN)."""
+    idx = keep_idx.clamp(0, seqlen - 1)
+    idx = idx.view(idx.shape[0], *(1,) * (M.dim() - 2), idx.shape[1])
+    return M.gather(-1, idx.expand(*M.shape[:-1], keep_idx.shape[1]))
+
+
+def forward_config(u, delta, channels_per_group, batch, dim, nvisit):
+    """(BLOCK_D, BLOCK_T, segments, num_warps, maxnreg). One thread owns one channel row of a
+    tile: BLOCK_T positions of 16 bytes of input, scanned one after another in its registers.
+    With 16-bit inputs a cap of 128 registers (a few spills) lets four programs share an SM.
+    Few channel blocks on a short sequence take blocks of 64 channels (2 warps): twice the
+    programs before positions are split (bench/sweep_forward.py, H200: 1×1536×512 0.23 →
+    0.11 ms)."""
+    size = max(u.element_size(), delta.element_size())
+    sms = multiprocessor_count(u.device)
+    if INTERPRETED:
+        block_d, block_t, warps, maxnreg, per_sm = 4, 16, 1, None, 4
+    else:
+        warps = 2 if batch * triton.cdiv(dim, 128) * 4 <= sms and nvisit <= 4096 else 4
+        block_d = 32 * warps
+        block_t = 16 // size
+        maxnreg = 128 if size == 2 else None
+        per_sm = 4
+    block_d = fit_block_d(block_d, channels_per_group, dim)
+    programs = batch * triton.cdiv(dim, block_d)
+    # Split the positions into segments until about per_sm programs per SM run; each segment
+    # but the first costs one more state-only pass over its positions.
+    segments = max(1, min(triton.cdiv(nvisit, block_t), triton.cdiv(per_sm * sms, programs)))
+    return block_d, block_t, segments, warps, maxnreg
+
+
+def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size=None,
+                       block_d=None, block_t=None, num_segments=None, num_warps=None,
+                       maxnreg=None):
+    """Launches the forward kernels on checked inputs (opts: ScanOptions, layout: BCLayout;
+    the other keywords force a launch configuration).
+
+    Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N) and chunk_states
+    (batch, dim, ⌈K/chunk_size⌉, N), the state entering every chunk; states have A's dtype
+    (float32, or float64 for float64 inputs)."""
+    batch, dim, L = u.shape
+    dstate = A.shape[1]
+    keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
+    nvisit = opts.visited or L
+    chunk_size = chunk_size or CHUNK_SIZE
+    # Channels per group of B and C together: a channel block must not straddle a group.
+    per_group = dim // math.lcm(layout.B_groups, layout.C_groups)
+    auto_d, auto_t, auto_segs, auto_warps, auto_maxnreg = forward_config(
+        u, delta, per_group, batch, dim, nvisit)
+    block_d, block_t = block_d or auto_d, block_t or auto_t
+    num_warps = num_warps or auto_warps
+    maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
+    if chunk_size % block_t or per_group % block_d and per_group != dim:
+        raise ValueError(f"block_t = {block_t} must divide chunk_size = {chunk_size} and "
+                         f"block_d = {block_d} must divide the channels per group, {per_group}")
+    n_tiles = triton.cdiv(nvisit, block_t)
+    segs = min(num_segments or auto_segs, n_tiles)
+    seg_tiles = triton.cdiv(n_tiles, segs)
+    segs = triton.cdiv(n_tiles, seg_tiles)
+    n_dblocks = triton.cdiv(dim, block_d)
+    # States per unrolled group: all of them when N <= MAX_GROUP, else groups of at most
+    # MAX_GROUP carried through the scratch between tiles.
+    n_groups = triton.cdiv(dstate, MAX_GROUP)
+
+    dev, acc = u.device, A.dtype
+    # The kernel reads variable B and C by visited index (vector loads): gather the kept ones.
+    if keep_idx is not None:
+        B, C = (kept_bc(M, keep_idx, L) if variable else M
+                for M, variable in ((B, layout.B_variable), (C, layout.C_variable)))
+    out = torch.empty((batch, dim, nvisit), dtype=u.dtype, device=dev)
+    last_state = torch.empty((batch, dim, dstate), dtype=acc, device=dev)
+    chunk_states = torch.empty((batch, dim, triton.cdiv(nvisit, chunk_size), dstate), dtype=acc,
+                               device=dev)
+    # The kernel's scratch: seg_states and seg_dsum, then the carries of several state groups.
+    if segs > 1 or n_groups > 1:
+        scratch = torch.empty(batch * segs * dim * (dstate + 1) + (
+            batch * n_dblocks * segs * 2 * block_d * dstate if n_groups > 1 else 0), dtype=acc,
+            device=dev)
+    else:
+        scratch = last_state  # never touched
+    delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim,
+                                                             dstate)
+    args = dict(
+        u_ptr=u, delta_ptr=delta, A_ptr=A, B_ptr=B, C_ptr=C,
+        # Absent inputs are never read (their flag is off); A stands in with their dtype.
+        D_ptr=opts.D if opts.D is not None else A, z_ptr=z if z is not None else A,
+        delta_bias_ptr=opts.delta_bias if opts.delta_bias is not None else A,
+        delta_scale_ptr=delta_scale if delta_scale is not None else A,
+        a_scale_ptr=a_scale if a_scale is not None else A,
+        delta_threshold_ptr=opts.delta_threshold if opts.delta_threshold is not None else A,
+        keep_idx_ptr=keep_idx if keep_idx is not None else A, h0_ptr=h0 if h0 is not None else A,
+        out_ptr=out, last_state_ptr=last_state, chunk_states_ptr=chunk_states,
+        scratch_ptr=scratch,
+        dim=dim, dstate=dstate, seqlen=L, nvisit=nvisit, dim_per_group_B=dim // layout.B_groups,
+        dim_per_group_C=dim // layout.C_groups, n_dblocks=n_dblocks, n_segs=segs,
+        seg_tiles=seg_tiles, n_groups=n_groups, delta_mult=delta_mult, a_mult=a_mult,
+        flags=option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
+                           opts.delta_threshold, h0),
+    )
+    (args["stride_u_b"], args["stride_u_d"], args["stride_u_l"]) = u.stride()
+    (args["stride_delta_b"], args["stride_delta_d"], args["stride_delta_l"]) = delta.stride()
+    (args["stride_z_b"], args["stride_z_d"], args["stride_z_l"]) = strides(z, 3)
+    (args["stride_A_d"], args["stride_A_n"]) = A.stride()
+    (args["stride_B_b"], args["stride_B_g"], args["stride_B_n"],
+     args["stride_B_l"]) = bc_strides(B, layout.B_variable)
+    (args["stride_C_b"], args["stride_C_g"], args["stride_C_n"],
+     args["stride_C_l"]) = bc_strides(C, layout.C_variable)
+    (args["stride_as_d"], args["stride_as_n"]) = strides(a_scale, 2)
+    (args["stride_keep_b"], args["stride_keep_k"]) = strides(keep_idx, 2)
+    (args["stride_h0_b"], args["stride_h0_d"], args["stride_h0_n"]) = strides(h0, 3)
+    args.update(
+        CHUNK=chunk_size, BLOCK_D=block_d, BLOCK_T=block_t, NG=triton.cdiv(dstate, n_groups),
+        MULTI_GROUP=n_groups > 1, HAS_Z=z is not None, HAS_KEEP_IDX=keep_idx is not None,
+        B_VARIABLE=layout.B_variable, C_VARIABLE=layout.C_variable, num_warps=num_warps,
+        **({"maxnreg": maxnreg} if maxnreg else {}))
+    if segs > 1:
+        selective_scan_fwd_kernel[(batch * n_dblocks, segs - 1)](**args, STATE_ONLY=True)
+    selective_scan_fwd_kernel[(batch * n_dblocks, segs)](**args, STATE_ONLY=False)
+    return out, last_state, chunk_states

@@ -33,13 +33,25 @@ S_s = Σ_{m≤s} Δ̂_m inside a tile,
     G_before = Σ_s exp(A·S_s)·C_s·dy_s + exp(A·S_end)·G_after.
 """
 
+import math
+
+import torch
 import triton
 import triton.language as tl
 
 from fusedscan.selective_scan.chunk import (
-    LN2, _bc_source, _channel_params, _delta_hat, _load_A, _load_As, _load_bc, _load_states,
-    _row_setup, _scan_combine, _store_states, _tile_columns,
+    CHUNK_SIZE, MAX_GROUP, bc_source, bc_strides, fit_block_d, load_As, load_bc, load_states,
+    row_setup, store_states, tile_columns,
 )
+from fusedscan.utils.device import INTERPRETED, multiprocessor_count
+from fusedscan.utils.kernels import (
+    FLAG_DLAST, FLAG_INITIAL_STATE, FLAG_SOFTPLUS, LN2, LOG2E, channel_params, delta_hat, load_A,
+    load_D, option_flags, scan_combine,
+)
+from fusedscan.utils.launch import kernel_scales, strides
+
+# Positions per tile of the backward kernels.
+BWD_BLOCK_T = 16 if INTERPRETED else 128
 
 
 @triton.jit
@@ -80,7 +92,7 @@ def _decayed_sums(carries, As, S, total, x, M_src, stride_M_n, offs, n0, dstate,
     with M = B or C (As hold A·log2(e))."""
     new = ()
     for i in tl.static_range(NG):
-        M_n = _load_bc(M_src, n0 + i, stride_M_n, offs, row_ok, n0 + i < dstate, col_mask, x.dtype,
+        M_n = load_bc(M_src, n0 + i, stride_M_n, offs, row_ok, n0 + i < dstate, col_mask, x.dtype,
                        MASK_T, VARIABLE)
         w = tl.exp2(As[i][:, None] * S)
         new = new + (tl.sum(w * x * M_n, axis=1) + tl.exp2(As[i] * total) * carries[i],)
@@ -88,17 +100,17 @@ def _decayed_sums(carries, As, S, total, x, M_src, stride_M_n, offs, n0, dstate,
 
 
 @triton.jit
-def _range_tile(j0, j_hi, hs, As, n0, dstate, rows, row_ok, cols, u_rows, delta_rows, keep_row,
-                stride_u_l, stride_delta_l, stride_keep_k, B_src, stride_B_n, stride_B_l,
-                delta_bias, delta_scale, delta_threshold, delta_softplus, NG: tl.constexpr,
+def _range_tile(j0, j_hi, seqlen, hs, As, n0, dstate, rows, row_ok, cols, u_rows, delta_rows,
+                keep_row, stride_u_l, stride_delta_l, stride_keep_k, B_src, stride_B_n, stride_B_l,
+                delta_bias, delta_scale, delta_threshold, flags, NG: tl.constexpr,
                 MASK_T: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr):
     """States n0 .. n0+NG-1 after the tile at j0, from `hs` before it."""
     ACC = hs[0].dtype
-    j, pos, col_ok, col_mask = _tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k, MASK_T,
-                                             HAS_KEEP_IDX)
+    j, pos, col_ok, col_mask, _ = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
+                                                seqlen, MASK_T, HAS_KEEP_IDX)
     u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=col_mask, other=0.0).to(ACC)
     dt = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
-    dt, _, _ = _delta_hat(dt, delta_bias, delta_scale, delta_threshold, delta_softplus)
+    dt, _, _ = delta_hat(dt, delta_bias, delta_scale, delta_threshold, flags)
     dt = tl.where(col_mask, dt, 0.0)
     dtu = dt * u
     total = tl.sum(dt, axis=1)
@@ -108,14 +120,12 @@ def _range_tile(j0, j_hi, hs, As, n0, dstate, rows, row_ok, cols, u_rows, delta_
                          col_mask, NG, MASK_T, B_VARIABLE)
 
 
-@triton.jit(do_not_specialize=["has_delta_bias", "delta_softplus", "has_delta_scale",
-                               "has_a_scale", "has_threshold", "n_dblocks", "n_chunks",
-                               "n_ranges", "n_groups"])
+@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_chunks", "n_ranges", "n_groups"])
 def bwd_range_states_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
     delta_threshold_ptr, keep_idx_ptr, chunk_states_ptr, range_states_ptr,
-    dim, dstate, nvisit, dim_per_group_B, n_dblocks, n_chunks, n_ranges, range_len, n_groups,
-    delta_mult, a_mult, has_delta_bias, delta_softplus, has_delta_scale, has_a_scale, has_threshold,
+    dim, dstate, seqlen, nvisit, dim_per_group_B, n_dblocks, n_chunks, n_ranges, range_len,
+    n_groups, delta_mult, a_mult, flags,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_A_d, stride_A_n,
@@ -127,7 +137,7 @@ def bwd_range_states_kernel(
 ):
     """Grid (batch · n_dblocks, n_chunks). Writes range_states (batch, dim, n_ranges, N): the
     state entering every range_len visited positions, from chunk_states (batch, dim, n_chunks, N)."""
-    b, d0, rows, row_ok, rows64, in_rows64 = _row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
+    b, d0, rows, row_ok, rows64, in_rows64 = row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
     c = tl.program_id(1)
     cols = tl.arange(0, BLOCK_T)
     u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
@@ -135,10 +145,9 @@ def bwd_range_states_kernel(
     keep_row = keep_idx_ptr + b * stride_keep_b
     A_rows = A_ptr + rows64 * stride_A_d
     a_scale_rows = a_scale_ptr + rows64 * stride_as_d
-    B_src = _bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
-    delta_bias, delta_scale, delta_threshold = _channel_params(
-        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, has_delta_bias,
-        has_delta_scale, has_threshold, delta_mult)
+    B_src = bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
+    delta_bias, delta_scale, delta_threshold = channel_params(
+        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
     chunk_rows = chunk_states_ptr + ((b * dim + rows64) * n_chunks + c) * dstate
     range_rows = range_states_ptr + (b * dim + rows64) * n_ranges * dstate
 
@@ -146,38 +155,38 @@ def bwd_range_states_kernel(
     j_hi = tl.minimum(j_lo + CHUNK, nvisit)
     for g in range(n_groups):
         n0 = g * NG
-        hs = _load_states(chunk_rows, n0, dstate, row_ok, NG)
-        As = _load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n0,
+        hs = load_states(chunk_rows, n0, dstate, row_ok, NG)
+        As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
                       dstate, row_ok, NG)
         for j0 in range(j_lo, j_hi, BLOCK_T):
             if j0 % range_len == 0:
-                _store_states(range_rows + (j0 // range_len) * dstate, n0, dstate, hs, row_ok, NG)
+                store_states(range_rows + (j0 // range_len) * dstate, n0, dstate, hs, row_ok, NG)
             if j0 + BLOCK_T <= j_hi:
-                hs = _range_tile(j0, j_hi, hs, As, n0, dstate, rows, row_ok, cols, u_rows,
+                hs = _range_tile(j0, j_hi, seqlen, hs, As, n0, dstate, rows, row_ok, cols, u_rows,
                                  delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k,
                                  B_src, stride_B_n, stride_B_l, delta_bias, delta_scale,
-                                 delta_threshold, delta_softplus, NG, False, HAS_KEEP_IDX,
+                                 delta_threshold, flags, NG, False, HAS_KEEP_IDX,
                                  B_VARIABLE)
             else:
-                hs = _range_tile(j0, j_hi, hs, As, n0, dstate, rows, row_ok, cols, u_rows,
+                hs = _range_tile(j0, j_hi, seqlen, hs, As, n0, dstate, rows, row_ok, cols, u_rows,
                                  delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k,
                                  B_src, stride_B_n, stride_B_l, delta_bias, delta_scale,
-                                 delta_threshold, delta_softplus, NG, True, HAS_KEEP_IDX,
+                                 delta_threshold, flags, NG, True, HAS_KEEP_IDX,
                                  B_VARIABLE)
 
 
 @triton.jit
-def _carry_tile(k, nvisit, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z_rows, dout_rows,
-                keep_row, stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, C_src,
-                stride_C_n, stride_C_l, delta_bias, delta_scale, delta_threshold, delta_softplus,
+def _carry_tile(k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z_rows,
+                dout_rows, keep_row, stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, C_src,
+                stride_C_n, stride_C_l, delta_bias, delta_scale, delta_threshold, flags,
                 BLOCK_T: tl.constexpr, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_KEEP_IDX: tl.constexpr, C_VARIABLE: tl.constexpr):
     """Gradients entering tile k from the right → entering tile k − 1, for states n0 .. n0+NG-1."""
     ACC = Gs[0].dtype
-    j, pos, col_ok, col_mask = _tile_columns(k * BLOCK_T, nvisit, cols, rows, keep_row,
-                                             stride_keep_k, MASK_T, HAS_KEEP_IDX)
+    j, pos, col_ok, col_mask, _ = tile_columns(k * BLOCK_T, nvisit, cols, rows, keep_row,
+                                                stride_keep_k, seqlen, MASK_T, HAS_KEEP_IDX)
     dt = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
-    dt, _, _ = _delta_hat(dt, delta_bias, delta_scale, delta_threshold, delta_softplus)
+    dt, _, _ = delta_hat(dt, delta_bias, delta_scale, delta_threshold, flags)
     dt = tl.where(col_mask, dt, 0.0)
     dy, _, _, _ = _load_dy(dout_rows, z_rows, j, pos, stride_dout_l, stride_z_l, col_mask, ACC,
                            HAS_Z)
@@ -188,15 +197,12 @@ def _carry_tile(k, nvisit, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z
                          col_mask, NG, MASK_T, C_VARIABLE)
 
 
-@triton.jit(do_not_specialize=["has_delta_bias", "delta_softplus", "has_delta_scale",
-                               "has_a_scale", "has_threshold", "has_dlast", "has_h0",
-                               "n_dblocks", "n_tiles", "n_groups"])
+@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_tiles", "n_groups"])
 def bwd_grad_carries_kernel(
     delta_ptr, A_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
     delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, gcarry_ptr, dh0_ptr,
-    dim, dstate, nvisit, dim_per_group_C, n_dblocks, n_tiles, n_groups, delta_mult, a_mult,
-    has_delta_bias, delta_softplus, has_delta_scale, has_a_scale, has_threshold, has_dlast,
-    has_h0,
+    dim, dstate, seqlen, nvisit, dim_per_group_C, n_dblocks, n_tiles, n_groups, delta_mult,
+    a_mult, flags,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
     stride_dout_b, stride_dout_d, stride_dout_l,
@@ -209,9 +215,9 @@ def bwd_grad_carries_kernel(
     HAS_KEEP_IDX: tl.constexpr, C_VARIABLE: tl.constexpr,
 ):
     """Grid (batch · n_dblocks,). Writes gcarry (batch, dim, n_tiles, N): the gradient entering
-    each tile from the right (∂L/∂last_state for the last tile), and, with has_h0,
+    each tile from the right (∂L/∂last_state for the last tile), and, with an initial state,
     dh0 (batch, dim, N) = ∂L/∂initial_state."""
-    b, d0, rows, row_ok, rows64, in_rows64 = _row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
+    b, d0, rows, row_ok, rows64, in_rows64 = row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
     cols = tl.arange(0, BLOCK_T)
     delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
     z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
@@ -219,10 +225,9 @@ def bwd_grad_carries_kernel(
     keep_row = keep_idx_ptr + b * stride_keep_b
     A_rows = A_ptr + rows64 * stride_A_d
     a_scale_rows = a_scale_ptr + rows64 * stride_as_d
-    C_src = _bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
-    delta_bias, delta_scale, delta_threshold = _channel_params(
-        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, has_delta_bias,
-        has_delta_scale, has_threshold, delta_mult)
+    C_src = bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
+    delta_bias, delta_scale, delta_threshold = channel_params(
+        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
     g_rows = gcarry_ptr + (b * dim + rows64) * n_tiles * dstate
     dlast_rows = dlast_ptr + b * stride_dlast_b + rows64 * stride_dlast_d
 
@@ -231,32 +236,32 @@ def bwd_grad_carries_kernel(
         Gs = ()
         for i in tl.static_range(NG):
             Gs = Gs + (tl.load(dlast_rows + (n0 + i) * stride_dlast_n,
-                               mask=row_ok & (n0 + i < dstate) & (has_dlast != 0), other=0.0),)
-        As = _load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n0,
+                               mask=row_ok & (n0 + i < dstate) & ((flags & FLAG_DLAST) != 0), other=0.0),)
+        As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
                       dstate, row_ok, NG)
         for k_rev in range(n_tiles):
             k = n_tiles - 1 - k_rev
-            _store_states(g_rows + k * dstate, n0, dstate, Gs, row_ok, NG)
+            store_states(g_rows + k * dstate, n0, dstate, Gs, row_ok, NG)
             if (k + 1) * BLOCK_T <= nvisit:
-                Gs = _carry_tile(k, nvisit, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows,
+                Gs = _carry_tile(k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows,
                                  z_rows, dout_rows, keep_row, stride_delta_l, stride_z_l,
                                  stride_dout_l, stride_keep_k, C_src, stride_C_n, stride_C_l,
-                                 delta_bias, delta_scale, delta_threshold, delta_softplus, BLOCK_T,
+                                 delta_bias, delta_scale, delta_threshold, flags, BLOCK_T,
                                  NG, False, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
             else:
-                Gs = _carry_tile(k, nvisit, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows,
+                Gs = _carry_tile(k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows,
                                  z_rows, dout_rows, keep_row, stride_delta_l, stride_z_l,
                                  stride_dout_l, stride_keep_k, C_src, stride_C_n, stride_C_l,
-                                 delta_bias, delta_scale, delta_threshold, delta_softplus, BLOCK_T,
+                                 delta_bias, delta_scale, delta_threshold, flags, BLOCK_T,
                                  NG, True, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
-        if has_h0:
-            _store_states(dh0_ptr + (b * dim + rows64) * dstate, n0, dstate, Gs, row_ok, NG)
+        if (flags & FLAG_INITIAL_STATE) != 0:
+            store_states(dh0_ptr + (b * dim + rows64) * dstate, n0, dstate, Gs, row_ok, NG)
 
 
 @triton.jit
 def _bwd_states(
     n0, dstate, k, dt, u, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first, is_last,
-    A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult,
+    A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult,
     B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
     carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n,
     NG: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
@@ -269,17 +274,17 @@ def _bwd_states(
         n = n0 + i
         state_ok = n < dstate
         ok = row_ok & state_ok
-        A2 = _load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult, n, ok)
+        A2 = load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n, ok)
         h_in = tl.load(carry_src + n, mask=ok, other=0.0, cache_modifier=".cg")
         G = tl.load(g_rows + k * dstate + n, mask=ok, other=0.0)
-        B_n = _load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, ACC, MASK_T,
+        B_n = load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, ACC, MASK_T,
                        B_VARIABLE)
-        C_n = _load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask, ACC, MASK_T,
+        C_n = load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask, ACC, MASK_T,
                        C_VARIABLE)
         a = tl.exp2(dt * A2[:, None])
         b = dt * u * B_n
         _, h = tl.associative_scan((a, tl.where(is_first, a * h_in[:, None] + b, b)), axis=1,
-                                   combine_fn=_scan_combine)
+                                   combine_fn=scan_combine)
         c = C_n * dy
         c = tl.where(is_last, c + G[:, None], c)
         _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, ACC), c), axis=1,
@@ -309,12 +314,12 @@ def _bwd_states(
 
 @triton.jit
 def _bwd_tile(
-    j0, j_hi, k, rows, row_ok, cols, u_rows, delta_rows, z_rows, dout_rows, du_rows, ddelta_rows,
-    dz_rows, keep_row, stride_u_l, stride_delta_l, stride_z_l, stride_dout_l, stride_du_l,
-    stride_ddelta_l, stride_dz_l, stride_keep_k,
-    A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult,
+    j0, j_hi, k, seqlen, rows, row_ok, cols, u_rows, delta_rows, z_rows, dout_rows, du_rows,
+    ddelta_rows, dz_rows, keep_row, stride_u_l, stride_delta_l, stride_z_l, stride_dout_l,
+    stride_du_l, stride_ddelta_l, stride_dz_l, stride_keep_k,
+    A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
     B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-    delta_bias, delta_scale, delta_threshold, D, delta_softplus,
+    delta_bias, delta_scale, delta_threshold, D, flags,
     carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n, dstate, n_groups,
     BLOCK_T: tl.constexpr, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
@@ -322,14 +327,14 @@ def _bwd_tile(
     """One tile of one channel block: stores du, ddelta, dz; returns the tile's sums per channel
     of dy·u (dD), ∂L/∂(delta + bias) (ddelta_bias) and ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
     ACC = D.dtype
-    j, pos, col_ok, col_mask = _tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
-                                                  MASK_T, HAS_KEEP_IDX)
+    j, pos, col_ok, col_mask, _ = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
+                                                seqlen, MASK_T, HAS_KEEP_IDX)
     u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=col_mask, other=0.0).to(ACC)
     # Rows past `dim` re-read the last channel; with u = 0 there (so b = h = 0) they add
     # nothing to the sums over channels.
     u = tl.where(row_ok[:, None], u, 0.0)
     delta = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
-    dt, pre, sp = _delta_hat(delta, delta_bias, delta_scale, delta_threshold, delta_softplus)
+    dt, pre, sp = delta_hat(delta, delta_bias, delta_scale, delta_threshold, flags)
     cut = sp * delta_scale[:, None] <= delta_threshold[:, None]  # no gradient to delta here
     if MASK_T:
         dt = tl.where(col_mask, dt, 0.0)
@@ -357,7 +362,7 @@ def _bwd_tile(
     for g in range(n_groups):
         y, du, ddt = _bwd_states(
             g * NG, dstate, k, dt, u, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first, is_last,
-            A_rows, stride_A_n, a_scale_rows, stride_as_n, has_a_scale, a_mult,
+            A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult,
             B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
             carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n,
             NG, MASK_T, B_VARIABLE, C_VARIABLE)
@@ -371,23 +376,22 @@ def _bwd_tile(
              mask=store_mask)
     ddt = tl.where(cut, 0.0, ddt)
     dpre = ddt * delta_scale[:, None]
-    if delta_softplus:
+    if (flags & FLAG_SOFTPLUS) != 0:
         dpre *= tl.where(pre > 20.0, 1.0, tl.sigmoid(pre))
     tl.store(ddelta_rows + pos[None, :] * stride_ddelta_l, dpre.to(ddelta_rows.dtype.element_ty),
              mask=store_mask)
     return tl.sum(dy * u, axis=1), tl.sum(dpre, axis=1), tl.sum(ddt * sp, axis=1)
 
 
-@triton.jit(do_not_specialize=["has_D", "has_delta_bias", "delta_softplus", "has_delta_scale",
-                               "has_a_scale", "has_threshold", "n_cgroups", "n_ranges",
-                               "n_tiles", "n_groups"])
+@triton.jit(do_not_specialize=["flags", "n_cgroups", "n_ranges", "n_tiles", "n_groups"])
 def bwd_main_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
     a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, range_states_ptr, gcarry_ptr,
     carry_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr,
-    dim, dstate, nvisit, dim_per_group_B, dim_per_group_C, dim_per_cgroup, n_cgroups, n_ranges,
+    dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, dim_per_cgroup, n_cgroups,
+    n_ranges,
     range_len, n_tiles, n_groups, delta_mult, a_mult,
-    has_D, has_delta_bias, delta_softplus, has_delta_scale, has_a_scale, has_threshold,
+    flags,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
@@ -400,8 +404,8 @@ def bwd_main_kernel(
     stride_C_b, stride_C_g, stride_C_n, stride_C_l,
     stride_as_d, stride_as_n,
     stride_keep_b, stride_keep_k,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
-    C_VARIABLE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
 ):
     """Grid (batch · n_ranges, n_cgroups). Writes du, ddelta, dz (at the visited positions) and
     accumulates into zero-filled float32 buffers: dA (batch · n_ranges, dim, N); dB, dC as
@@ -439,14 +443,13 @@ def bwd_main_kernel(
         dz_rows = (dz_ptr + b * stride_dz_b + rows64 * stride_dz_d)[:, None]
         A_rows = A_ptr + rows64 * stride_A_d
         a_scale_rows = a_scale_ptr + rows64 * stride_as_d
-        B_src = _bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g,
+        B_src = bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g,
                            B_VARIABLE)
-        C_src = _bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g,
+        C_src = bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g,
                            C_VARIABLE)
-        delta_bias, delta_scale, delta_threshold = _channel_params(
-            rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, has_delta_bias,
-            has_delta_scale, has_threshold, delta_mult)
-        D = tl.load(D_ptr + rows, mask=row_ok & (has_D != 0), other=0.0)
+        delta_bias, delta_scale, delta_threshold = channel_params(
+            rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
+        D = load_D(D_ptr, rows, row_ok, flags)
         g_rows = gcarry_ptr + (b * dim + rows64) * n_tiles * dstate
         dA_rows = dA_ptr + (pid * dim + rows64) * dstate
         if B_VARIABLE:
@@ -461,8 +464,8 @@ def bwd_main_kernel(
         # The range's start state goes to slot 0 of the carry scratch; tile k reads slot k % 2.
         range_rows = range_states_ptr + ((b * dim + rows64) * n_ranges + r) * dstate
         for g in range(n_groups):
-            _store_states(carry_rows, g * NG, dstate,
-                          _load_states(range_rows, g * NG, dstate, row_ok, NG), row_ok, NG)
+            store_states(carry_rows, g * NG, dstate,
+                          load_states(range_rows, g * NG, dstate, row_ok, NG), row_ok, NG)
         tl.debug_barrier()
 
         sum_dD = tl.zeros([BLOCK_D], ACC)
@@ -474,23 +477,23 @@ def bwd_main_kernel(
             carry_dst = carry_rows + ((t + 1) % 2) * slot
             if t < n_full:
                 tile_dD, tile_dbias, tile_dscale = _bwd_tile(
-                    j0, j_hi, j0 // BLOCK_T, rows, row_ok, cols, u_rows, delta_rows, z_rows,
-                    dout_rows, du_rows, ddelta_rows, dz_rows, keep_row, stride_u_l,
+                    j0, j_hi, j0 // BLOCK_T, seqlen, rows, row_ok, cols, u_rows, delta_rows,
+                    z_rows, dout_rows, du_rows, ddelta_rows, dz_rows, keep_row, stride_u_l,
                     stride_delta_l, stride_z_l, stride_dout_l, stride_du_l, stride_ddelta_l,
                     stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows, stride_as_n,
-                    has_a_scale, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
-                    stride_C_l, delta_bias, delta_scale, delta_threshold, D, delta_softplus,
+                    a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
+                    stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags,
                     carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n,
                     dstate, n_groups, BLOCK_T, NG, False, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
                     C_VARIABLE)
             else:
                 tile_dD, tile_dbias, tile_dscale = _bwd_tile(
-                    j0, j_hi, j0 // BLOCK_T, rows, row_ok, cols, u_rows, delta_rows, z_rows,
-                    dout_rows, du_rows, ddelta_rows, dz_rows, keep_row, stride_u_l,
+                    j0, j_hi, j0 // BLOCK_T, seqlen, rows, row_ok, cols, u_rows, delta_rows,
+                    z_rows, dout_rows, du_rows, ddelta_rows, dz_rows, keep_row, stride_u_l,
                     stride_delta_l, stride_z_l, stride_dout_l, stride_du_l, stride_ddelta_l,
                     stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows, stride_as_n,
-                    has_a_scale, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
-                    stride_C_l, delta_bias, delta_scale, delta_threshold, D, delta_softplus,
+                    a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
+                    stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags,
                     carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n,
                     dstate, n_groups, BLOCK_T, NG, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
                     C_VARIABLE)
@@ -503,3 +506,177 @@ def bwd_main_kernel(
         tl.store(chan_rows, sum_dD, mask=row_ok)
         tl.store(chan_rows + dim, sum_dbias, mask=row_ok)
         tl.store(chan_rows + 2 * dim, sum_dscale, mask=row_ok)
+
+
+def _channel_splits(per_cgroup, block_d, programs, device):
+    """Programs of the main backward kernel per group of channels: halves the channels per
+    program (down to 8 blocks) while fewer than two programs per SM would run. Each split adds
+    a (batch, N, K) float32 slice of partial dB/dC sums."""
+    splits, target = 1, 2 * multiprocessor_count(device)
+    while (programs * splits < target and per_cgroup % (2 * splits) == 0
+           and per_cgroup // (2 * splits) % block_d == 0
+           and per_cgroup // (2 * splits) >= 8 * block_d):
+        splits *= 2
+    return splits
+
+
+def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
+    """Positions per program of the main backward kernel: the largest power-of-two multiple of
+    block_t dividing chunk_size that still gives about two programs per SM."""
+    length = chunk_size
+    target = 2 * multiprocessor_count(device)
+    while length > block_t and programs_per_range * triton.cdiv(nvisit, length) < target:
+        length //= 2
+    return length
+
+
+def _bc_grad(partial, M, variable, groups, keep_idx):
+    """The gradient of B or C from the kernel's per-program float32 sums."""
+    if not variable:
+        return partial.sum(0)
+    batch, n_cgroups, dstate, nvisit = partial.shape
+    grad = partial.view(batch, groups, n_cgroups // groups, dstate, nvisit).sum(2)
+    if M.dim() == 3:
+        grad = grad[:, 0]
+    if keep_idx is not None:
+        full = torch.zeros(M.shape, dtype=grad.dtype, device=grad.device)
+        idx = keep_idx.clamp(0, M.shape[-1] - 1)
+        idx = idx.view(batch, *(1,) * (M.dim() - 2), nvisit).expand(*grad.shape)
+        grad = full.scatter_(-1, idx, grad)
+    return grad.to(M.dtype)
+
+
+def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, *,
+                       chunk_size=None, block_d=None, block_t=None, range_length=None,
+                       channel_splits=None, num_warps=4):
+    """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
+    chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None;
+    the keywords force a launch configuration.
+
+    Returns the gradients of GRAD_INPUTS (u, delta, A, B, C, D, z, delta_bias, initial_state,
+    delta_scale, a_scale), each in its input's dtype and shape, None for an absent input or a
+    float scale. With keep_idx the gradients of u, delta, z and variable B, C have full length
+    L, zero at the positions not kept."""
+    batch, dim, L = u.shape
+    dstate = A.shape[1]
+    keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
+    nvisit = opts.visited or L
+    chunk_size = chunk_size or CHUNK_SIZE
+    n_chunks = triton.cdiv(nvisit, chunk_size)
+    n_cgroups = math.lcm(layout.B_groups, layout.C_groups)
+    per_cgroup = dim // n_cgroups
+    block_d = fit_block_d(block_d or (4 if INTERPRETED else 8), per_cgroup, dim)
+    block_t = block_t or BWD_BLOCK_T
+    if chunk_size % block_t or per_cgroup % block_d and per_cgroup != dim:
+        raise ValueError(f"block_t = {block_t} must divide chunk_size = {chunk_size} and "
+                         f"block_d = {block_d} must divide the channels per group, {per_cgroup}")
+    # Channel groups of the main kernel: those of B and C, each split into equal parts when the
+    # chunks alone leave the GPU idle.
+    splits = channel_splits or _channel_splits(per_cgroup, block_d, batch * n_cgroups * n_chunks,
+                                               u.device)
+    if per_cgroup % splits or per_cgroup // splits % block_d and splits > 1:
+        raise ValueError(f"channel_splits = {splits} must split the {per_cgroup} channels per "
+                         f"group into multiples of block_d = {block_d}")
+    n_cgroups, per_cgroup = n_cgroups * splits, per_cgroup // splits
+    range_len = range_length or _range_length(block_t, chunk_size, nvisit, batch * n_cgroups,
+                                              u.device)
+    if chunk_size % range_len or range_len % block_t:
+        raise ValueError(f"range_length = {range_len} must divide chunk_size = {chunk_size} and "
+                         f"be a multiple of block_t = {block_t}")
+    n_ranges = triton.cdiv(nvisit, range_len)
+    n_tiles = triton.cdiv(nvisit, block_t)
+    n_dblocks = triton.cdiv(dim, block_d)
+    n_groups = triton.cdiv(dstate, MAX_GROUP)
+    group = triton.cdiv(dstate, n_groups)
+    dev, acc = u.device, A.dtype
+    delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim,
+                                                             dstate)
+    dh0 = torch.empty((batch, dim, dstate), dtype=acc, device=dev) if h0 is not None else None
+    flags = option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
+                         opts.delta_threshold, h0, dlast)
+
+    def present(x):
+        return x if x is not None else A
+
+    params = dict(delta_bias_ptr=present(opts.delta_bias), delta_scale_ptr=present(delta_scale),
+                  a_scale_ptr=present(a_scale), delta_threshold_ptr=present(opts.delta_threshold),
+                  keep_idx_ptr=present(keep_idx), dim=dim, dstate=dstate, seqlen=L, nvisit=nvisit,
+                  delta_mult=delta_mult, a_mult=a_mult, flags=flags)
+    params.update(zip(("stride_as_d", "stride_as_n"), strides(a_scale, 2)))
+    params.update(zip(("stride_keep_b", "stride_keep_k"), strides(keep_idx, 2)))
+    params.update(zip(("stride_A_d", "stride_A_n"), A.stride()))
+    params.update(zip(("stride_delta_b", "stride_delta_d", "stride_delta_l"), delta.stride()))
+    u_strides = dict(zip(("stride_u_b", "stride_u_d", "stride_u_l"), u.stride()))
+    B_strides = dict(zip(("stride_B_b", "stride_B_g", "stride_B_n", "stride_B_l"),
+                         bc_strides(B, layout.B_variable)))
+    C_strides = dict(zip(("stride_C_b", "stride_C_g", "stride_C_n", "stride_C_l"),
+                         bc_strides(C, layout.C_variable)))
+    z_strides = dict(zip(("stride_z_b", "stride_z_d", "stride_z_l"), strides(z, 3)))
+    dout_strides = dict(zip(("stride_dout_b", "stride_dout_d", "stride_dout_l"), dout.stride()))
+    flags_c = dict(BLOCK_T=block_t, HAS_KEEP_IDX=keep_idx is not None, num_warps=num_warps)
+
+    # 1. The state entering every range.
+    if range_len == chunk_size:
+        range_states = chunk_states
+    else:
+        range_states = torch.empty((batch, dim, n_ranges, dstate), dtype=acc, device=dev)
+        bwd_range_states_kernel[(batch * n_dblocks, n_chunks)](
+            u_ptr=u, delta_ptr=delta, A_ptr=A, B_ptr=B, chunk_states_ptr=chunk_states,
+            range_states_ptr=range_states, dim_per_group_B=dim // layout.B_groups,
+            n_dblocks=n_dblocks, n_chunks=n_chunks, n_ranges=n_ranges, range_len=range_len,
+            n_groups=n_groups, **params, **u_strides, **B_strides, CHUNK=chunk_size,
+            BLOCK_D=block_d, NG=group, B_VARIABLE=layout.B_variable, **flags_c)
+
+    # 2. The gradient entering every tile from the right, and ∂L/∂initial_state.
+    gcarry = torch.empty((batch, dim, n_tiles, dstate), dtype=acc, device=dev)
+    bwd_grad_carries_kernel[(batch * n_dblocks,)](
+        delta_ptr=delta, A_ptr=A, C_ptr=C, z_ptr=present(z), dout_ptr=dout,
+        dlast_ptr=present(dlast), gcarry_ptr=gcarry, dh0_ptr=present(dh0),
+        dim_per_group_C=dim // layout.C_groups, n_dblocks=n_dblocks, n_tiles=n_tiles,
+        n_groups=n_groups, **params, **z_strides, **dout_strides, **C_strides,
+        **dict(zip(("stride_dlast_b", "stride_dlast_d", "stride_dlast_n"), strides(dlast, 3))),
+        BLOCK_D=block_d, NG=group, HAS_Z=z is not None, C_VARIABLE=layout.C_variable, **flags_c)
+
+    # 3. Everything else.
+    def grad_like(x):
+        # With keep_idx only the kept positions are written; the rest of the gradient is zero.
+        make = torch.zeros if keep_idx is not None else torch.empty
+        return make(x.shape, dtype=x.dtype, device=dev)
+
+    du, ddelta = grad_like(u), grad_like(delta)
+    dz = grad_like(z) if z is not None else None
+    rows = batch * n_ranges
+    dA = torch.zeros((rows, dim, dstate), dtype=acc, device=dev)
+    dB = torch.zeros((batch, n_cgroups, dstate, nvisit) if layout.B_variable else
+                     (rows, dim, dstate), dtype=acc, device=dev)
+    dC = torch.zeros((batch, n_cgroups, dstate, nvisit) if layout.C_variable else
+                     (rows, dim, dstate), dtype=acc, device=dev)
+    dchan = torch.empty((rows, 3, dim), dtype=acc, device=dev)
+    carry = torch.empty((rows * n_cgroups * 2 * block_d * dstate,), dtype=acc, device=dev)
+    bwd_main_kernel[(rows, n_cgroups)](
+        u_ptr=u, delta_ptr=delta, A_ptr=A, B_ptr=B, C_ptr=C, D_ptr=present(opts.D),
+        z_ptr=present(z), dout_ptr=dout, range_states_ptr=range_states, gcarry_ptr=gcarry,
+        carry_ptr=carry, du_ptr=du, ddelta_ptr=ddelta, dz_ptr=present(dz), dA_ptr=dA, dB_ptr=dB,
+        dC_ptr=dC, dchan_ptr=dchan, dim_per_group_B=dim // layout.B_groups,
+        dim_per_group_C=dim // layout.C_groups, dim_per_cgroup=per_cgroup, n_cgroups=n_cgroups,
+        n_ranges=n_ranges, range_len=range_len, n_tiles=n_tiles, n_groups=dstate, **params,
+        **u_strides, **z_strides, **dout_strides, **B_strides, **C_strides,
+        **dict(zip(("stride_du_b", "stride_du_d", "stride_du_l"), du.stride())),
+        **dict(zip(("stride_ddelta_b", "stride_ddelta_d", "stride_ddelta_l"), ddelta.stride())),
+        **dict(zip(("stride_dz_b", "stride_dz_d", "stride_dz_l"), strides(dz, 3))),
+        BLOCK_D=block_d, NG=1, HAS_Z=z is not None, B_VARIABLE=layout.B_variable,
+        C_VARIABLE=layout.C_variable, **flags_c)
+
+    # Sums over the programs, in a fixed order.
+    dA_eff = dA.sum(0)
+    dchan = dchan.sum(0)
+    grad_A = dA_eff * (a_scale if a_scale is not None else a_mult / LOG2E)
+    grad_a_scale = None
+    if torch.is_tensor(opts.a_scale):
+        grad_a_scale = (dA_eff * A).sum(1) if opts.a_scale.dim() == 1 else dA_eff * A
+    return (du, ddelta, grad_A,
+            _bc_grad(dB, B, layout.B_variable, layout.B_groups, keep_idx),
+            _bc_grad(dC, C, layout.C_variable, layout.C_groups, keep_idx),
+            dchan[0] if opts.D is not None else None, dz,
+            dchan[1] if opts.delta_bias is not None else None, dh0,
+            dchan[2] if delta_scale is not None else None, grad_a_scale)

@@ -3,31 +3,30 @@
 from typing import Optional
 
 import torch
-import triton
 from torch import Tensor
 
-from fusedscan.selective_scan.interface import (
-    INTERPRETED, _kernel_scales, _strides, channel_vectors, join_scale, split_scale,
+from fusedscan.selective_state_update.step import selective_state_update
+from fusedscan.utils.checks import (
+    ACTIVATION_DTYPES, F64, check_dtype, check_param, check_scale, check_shape, check_tensor,
+    param_dtypes,
 )
-from fusedscan.selective_scan.validate import (
-    ACTIVATION_DTYPES, F64, _dtype, _param, _scale, _shape, _tensor, check_devices,
-)
-from fusedscan.selective_state_update.step import selective_state_update_kernel
+from fusedscan.utils.device import check_devices
+from fusedscan.utils.launch import channel_vectors, join_scale, split_scale
 
 
 def _check_bc(name, M, batch, dim, dstate, activations):
     """Returns the group count of a (batch, N) or (batch, G, N) B or C."""
-    _tensor(name, M)
-    _dtype(name, M, activations)
+    check_tensor(name, M)
+    check_dtype(name, M, activations)
     if M.dim() == 2:
-        _shape(name, M, (batch, dstate), "(batch, N)")
+        check_shape(name, M, (batch, dstate), "(batch, N)")
         return 1
     if M.dim() == 3:
         groups = M.shape[1]
         if groups < 1 or dim % groups:
             raise ValueError(f"{name} has {groups} groups (dim 1 of (batch, G, N)); "
                              f"G must divide dim = {dim}")
-        _shape(name, M, (batch, groups, dstate), "(batch, G, N)")
+        check_shape(name, M, (batch, groups, dstate), "(batch, G, N)")
         return groups
     raise ValueError(f"{name} must be 2-D (batch, N) or 3-D (batch, G, N), got {M.dim()}-D "
                      f"with shape {tuple(M.shape)}")
@@ -37,45 +36,44 @@ def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, delta_s
                       delta_threshold):
     """Raises TypeError / ValueError naming the offending argument; returns the group counts of
     B and C."""
-    _tensor("x", x)
-    _dtype("x", x, ACTIVATION_DTYPES + F64)
-    params, activations = (F64, F64) if x.dtype == torch.float64 else ((torch.float32,),
-                                                                        ACTIVATION_DTYPES)
+    check_tensor("x", x)
+    check_dtype("x", x, ACTIVATION_DTYPES + F64)
+    params, activations = param_dtypes(x)
     if x.dim() != 2 or 0 in x.shape:
         raise ValueError(f"x must be 2-D (batch, dim) with batch, dim >= 1, got shape "
                          f"{tuple(x.shape)}")
     batch, dim = x.shape
-    _tensor("A", A)
-    _dtype("A", A, params)
+    check_tensor("A", A)
+    check_dtype("A", A, params)
     if A.dim() != 2 or A.shape[0] != dim or A.shape[1] < 1:
         raise ValueError(f"A must have shape (dim, N) with dim = {dim} and N >= 1, got "
                          f"{tuple(A.shape)}")
     dstate = A.shape[1]
-    _param("state", state, (batch, dim, dstate), "(batch, dim, N)", params)
+    check_param("state", state, (batch, dim, dstate), "(batch, dim, N)", params)
     if any(s == 0 and n > 1 for s, n in zip(state.stride(), state.shape)):
         raise ValueError("state must not be an expanded view (a zero stride): it is updated in "
                          "place")
     for name, t in (("dt", dt), ("z", z)):
         if name == "z" and t is None:
             continue
-        _tensor(name, t)
-        _dtype(name, t, activations)
-        _shape(name, t, (batch, dim), "(batch, dim) like x")
+        check_tensor(name, t)
+        check_dtype(name, t, activations)
+        check_shape(name, t, (batch, dim), "(batch, dim) like x")
     groups = tuple(_check_bc(name, M, batch, dim, dstate, activations)
                    for name, M in (("B", B), ("C", C)))
     for name, t in (("D", D), ("dt_bias", dt_bias), ("delta_threshold", delta_threshold)):
         if t is not None:
-            _param(name, t, (dim,), "(dim,)", params)
+            check_param(name, t, (dim,), "(dim,)", params)
     if not isinstance(dt_softplus, bool):
         raise TypeError(f"dt_softplus must be a bool, got {type(dt_softplus).__name__}")
     if delta_scale is not None:
-        _scale("delta_scale", delta_scale, {(dim,): "(dim,)"}, params)
+        check_scale("delta_scale", delta_scale, {(dim,): "(dim,)"}, params)
     if a_scale is not None:
-        _scale("a_scale", a_scale, {(dim,): "(dim,)", (dim, dstate): "(dim, N)"}, params)
+        check_scale("a_scale", a_scale, {(dim,): "(dim,)", (dim, dstate): "(dim, N)"}, params)
     arguments = {"x": x, "state": state, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z,
                  "dt_bias": dt_bias, "delta_scale": delta_scale, "a_scale": a_scale,
                  "delta_threshold": delta_threshold}
-    check_devices(arguments, INTERPRETED)
+    check_devices(arguments)
     if torch.is_grad_enabled() and any(
             isinstance(t, torch.Tensor) and t.requires_grad for t in arguments.values()):
         names = [k for k, t in arguments.items() if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -92,33 +90,10 @@ def selective_state_update_op(
     delta_scale_t: Optional[Tensor], delta_scale_f: Optional[float], a_scale_t: Optional[Tensor],
     a_scale_f: Optional[float], delta_threshold: Optional[Tensor], B_groups: int, C_groups: int,
 ) -> Tensor:
-    """Launches the step kernel on checked inputs (a torch custom op: one opaque node under
-    torch.compile, capturable in a CUDA graph); returns out, updates state."""
-    batch, dim = x.shape
-    dstate = A.shape[1]
-    delta_mult, delta_scale_t, a_mult, a_scale_t = _kernel_scales(
-        join_scale(delta_scale_t, delta_scale_f), join_scale(a_scale_t, a_scale_f), dim, dstate)
-    block_n = triton.next_power_of_2(dstate)
-    # About 4 states per thread of 4 warps: many small programs, as a single token is latency-bound.
-    block_d = min(triton.next_power_of_2(dim), 4 if INTERPRETED else max(1, 512 // block_n))
-    out = torch.empty((batch, dim), dtype=x.dtype, device=x.device)
-
-    def ptr(t):
-        return t if t is not None else A
-
-    def bc_strides(M):
-        return (M.stride(0), 0, M.stride(1)) if M.dim() == 2 else M.stride()
-
-    selective_state_update_kernel[(triton.cdiv(dim, block_d), batch)](
-        state, x, dt, A, B, C, ptr(D), ptr(z), ptr(dt_bias), ptr(delta_scale_t), ptr(a_scale_t),
-        ptr(delta_threshold), out,
-        dim, dstate, dim // B_groups, dim // C_groups, delta_mult, a_mult,
-        int(D is not None), int(dt_bias is not None), int(dt_softplus),
-        int(delta_scale_t is not None), int(a_scale_t is not None), int(delta_threshold is not None),
-        *state.stride(), *x.stride(), *dt.stride(), *_strides(z, 2), *out.stride(), *A.stride(),
-        *bc_strides(B), *bc_strides(C), *_strides(a_scale_t, 2),
-        BLOCK_D=block_d, BLOCK_N=block_n, HAS_Z=z is not None, num_warps=4 if not INTERPRETED else 1)
-    return out
+    """The step kernel's launch as a torch custom op: one opaque node under torch.compile."""
+    return selective_state_update(
+        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, join_scale(delta_scale_t, delta_scale_f),
+        join_scale(a_scale_t, a_scale_f), delta_threshold, B_groups, C_groups)
 
 
 @selective_state_update_op.register_fake
@@ -162,7 +137,10 @@ def selective_state_update_ext(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
                                            delta_scale, a_scale, delta_threshold)
     D, dt_bias, delta_scale, delta_threshold = channel_vectors(D, dt_bias, delta_scale,
                                                                delta_threshold)
-    return selective_state_update_op(
-        state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, *split_scale(delta_scale),
-        *split_scale(a_scale), delta_threshold, B_groups, C_groups)
+    if torch.compiler.is_compiling():
+        return selective_state_update_op(
+            state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, *split_scale(delta_scale),
+            *split_scale(a_scale), delta_threshold, B_groups, C_groups)
+    return selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, delta_scale,
+                                  a_scale, delta_threshold, B_groups, C_groups)
 
