@@ -18,6 +18,20 @@ def _spread_decay_rates(mixers):
             mixer.dt_proj.bias.add_(torch.randn_like(mixer.dt_proj.bias))
 
 
+def _cache(output):
+    """The cache of a transformers Mamba output: `cache` from 5.24 on, `cache_params` before."""
+    return output.cache if "cache" in output.__dataclass_fields__ else output.cache_params
+
+
+def _cache_arg():
+    """The forwards' name for the cache argument in the installed transformers."""
+    import inspect
+
+    modeling = importlib.import_module("transformers.models.mamba.modeling_mamba")
+    params = inspect.signature(modeling.MambaModel.forward).parameters
+    return "cache" if "cache" in params else "cache_params"
+
+
 class Transformers:
     name = "transformers"
     module = "transformers"
@@ -55,17 +69,17 @@ class Transformers:
     def prefill(self, model, x):
         """Runs x with a fresh cache; returns (last hidden states, the cache)."""
         out = model.backbone(x, use_cache=True)
-        return out.last_hidden_state, out.cache_params
+        return out.last_hidden_state, _cache(out)
 
     def step(self, model, token, cache):
-        return model.backbone(token, cache_params=cache, use_cache=True).last_hidden_state
+        return model.backbone(token, **{_cache_arg(): cache}, use_cache=True).last_hidden_state
 
     def step_logits(self, model, token, cache):
-        return model(token, cache_params=cache, use_cache=True).logits
+        return model(token, **{_cache_arg(): cache}, use_cache=True).logits
 
     def prefill_logits(self, model, x):
         out = model(x, use_cache=True)
-        return out.logits, out.cache_params
+        return out.logits, _cache(out)
 
     def generate(self, model, x, steps):
         """Greedy: (sequences (batch, L + steps), [scores (batch, vocab) per step])."""

@@ -67,8 +67,9 @@ def parts_of(model):
 
 
 def _mixer_forward(method):
-    def forward(self, hidden_states, cache_params=None, attention_mask=None,
-                return_keep_idx=False, **kwargs):
+    def forward(self, hidden_states, cache=None, attention_mask=None, return_keep_idx=False,
+                cache_params=None, **kwargs):
+        cache_params = cache if cache is not None else cache_params
         p = self.fusedscan_parts
         layer, L, dtype = p.layer, hidden_states.shape[1], hidden_states.dtype
         if attention_mask is not None:
@@ -98,12 +99,14 @@ def _mixer_forward(method):
     return forward
 
 
-def _block_forward(self, hidden_states, cache_params=None, attention_mask=None, **kwargs):
+def _block_forward(self, hidden_states, cache=None, attention_mask=None, cache_params=None,
+                   **kwargs):
+    cache_params = cache if cache is not None else cache_params
     residual = hidden_states
     hidden_states = self.norm(hidden_states.to(dtype=self.norm.weight.dtype))
     if self.residual_in_fp32:
         residual = residual.to(torch.float32)
-    hidden_states, keep_idx = self.mixer(hidden_states, cache_params=cache_params,
+    hidden_states, keep_idx = self.mixer(hidden_states, cache=cache_params,
                                          attention_mask=attention_mask, return_keep_idx=True)
     if keep_idx is not None:
         residual = M.gather_positions(residual, keep_idx)
@@ -111,8 +114,11 @@ def _block_forward(self, hidden_states, cache_params=None, attention_mask=None, 
 
 
 def _model_forward(modeling):
-    def forward(self, input_ids=None, inputs_embeds=None, cache_params=None, use_cache=None,
-                output_hidden_states=None, return_dict=None, attention_mask=None, **kwargs):
+    def forward(self, input_ids=None, inputs_embeds=None, cache=None, use_cache=None,
+                output_hidden_states=None, return_dict=None, attention_mask=None,
+                cache_params=None, **kwargs):
+        # transformers 5.24 renamed cache_params to cache (arguments and output field).
+        cache_params = cache if cache is not None else cache_params
         config = self.config
         if output_hidden_states is None:
             output_hidden_states = config.output_hidden_states
@@ -132,7 +138,7 @@ def _model_forward(modeling):
         hidden_states, positions = inputs_embeds, None
         all_hidden_states = () if output_hidden_states else None
         for block in self.layers:
-            hidden_states, keep_idx = block(hidden_states, cache_params=cache_params,
+            hidden_states, keep_idx = block(hidden_states, cache=cache_params,
                                             attention_mask=attention_mask)
             if keep_idx is not None:
                 positions = keep_idx if positions is None else positions.gather(1, keep_idx)
@@ -147,7 +153,9 @@ def _model_forward(modeling):
         if not return_dict:
             return tuple(v for v in (hidden_states, cache_params, all_hidden_states)
                          if v is not None)
+        cache_field = "cache" if "cache" in modeling.MambaOutput.__dataclass_fields__ else \
+            "cache_params"
         return modeling.MambaOutput(last_hidden_state=hidden_states,
-                                    cache_params=cache_params if use_cache else None,
-                                    hidden_states=all_hidden_states)
+                                    hidden_states=all_hidden_states,
+                                    **{cache_field: cache_params if use_cache else None})
     return forward

@@ -10,7 +10,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from fusedscan.selective_scan.interface import scan
+from fusedscan.selective_scan import selective_scan_ext
 from fusedscan.selective_state_update import selective_state_update_ext
 
 
@@ -34,10 +34,20 @@ class MixerParts:
         return self.A(dtype), self.mixer.D.to(dtype), self.mixer.dt_proj.bias.to(dtype)
 
 
+def channels_first(weight, x, bias=None):
+    """weight (M, K) applied along K of x (batch, K, L): (batch, M, L) with unit stride along L,
+    as mamba-ssm lays it out. One (M, K) × (K, batch·L) product writes that layout directly;
+    torch.matmul on (batch, K, L) would fold into a product over (batch·L, K) and return a
+    transposed view, whose rows the conv copies twice and the scan reads without vector loads."""
+    batch, K, L = x.shape
+    y = (weight @ x.transpose(0, 1).reshape(K, batch * L)).view(-1, batch, L).transpose(0, 1)
+    return y if bias is None else y + bias[:, None]
+
+
 def in_projection(p, hidden):
     """(batch, L, H) → x, z (batch, dim, L)."""
-    xz = p.mixer.in_proj(hidden).transpose(1, 2)
-    return xz.chunk(2, dim=1)
+    proj = p.mixer.in_proj
+    return channels_first(proj.weight, hidden.transpose(1, 2), proj.bias).chunk(2, dim=1)
 
 
 def causal_conv(p, x, L):
@@ -49,10 +59,9 @@ def causal_conv(p, x, L):
 
 def _dt_b_c(p, x):
     """delta (batch, dim, L) without bias, B and C (batch, N, L), from x (batch, dim, L)."""
-    x_dbl = p.mixer.x_proj(x.transpose(1, 2))
-    dt, B, C = torch.split(x_dbl, [p.dt_rank, p.state_size, p.state_size], dim=-1)
-    delta = (p.mixer.dt_proj.weight @ dt.transpose(1, 2))
-    return delta, B.transpose(1, 2), C.transpose(1, 2)
+    x_dbl = channels_first(p.mixer.x_proj.weight, x, p.mixer.x_proj.bias)
+    dt, B, C = torch.split(x_dbl, [p.dt_rank, p.state_size, p.state_size], dim=1)
+    return channels_first(p.mixer.dt_proj.weight, dt), B, C
 
 
 def ssm(p, method, x, z, initial_state=None, return_last_state=False):
@@ -63,9 +72,9 @@ def ssm(p, method, x, z, initial_state=None, return_last_state=False):
     if p.recorder is not None:
         p.recorder(p.layer, delta, delta_bias)
     keep_idx = method.select(p.layer, delta, delta_bias)
-    y, last_state = scan(x, delta, A, B, C, D, z, delta_bias, True, True,
-                         initial_state, keep_idx=keep_idx, trust_keep_idx=True,
-                         **_options(method, p.layer, A, x.shape[-1]))
+    y, last_state = selective_scan_ext(x, delta, A, B, C, D, z, delta_bias, True, True,
+                                       initial_state=initial_state, keep_idx=keep_idx,
+                                       **_options(method, p.layer, A, x.shape[-1]))
     return y, keep_idx, (last_state if return_last_state else None)
 
 
