@@ -12,7 +12,6 @@ three input sets in turn. mamba-ssm is skipped, with the reason printed, when it
 """
 
 import argparse
-import csv
 import os
 import sys
 
@@ -25,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fusedscan import selective_scan_ext  # noqa: E402
 import mamba_ssm_cuda  # noqa: E402
 from scan_cases import make_inputs  # noqa: E402
+from timing import write_csv  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -103,10 +103,7 @@ def main():
         print(f"{name:<10} {r['peak_mib']:>9.0f} {r['kept_mib']:>9.1f} {str(r['repeatable']):>15} "
               f"{r['fwd_ms']:>8.3f} {r['fwd_bwd_ms']:>11.3f}")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

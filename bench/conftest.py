@@ -9,7 +9,6 @@ Without a GPU, or without mamba-ssm built (bench/mamba_ssm_cuda.py), the affecte
 skip and say why.
 """
 
-import csv
 import itertools
 import os
 import statistics
@@ -25,6 +24,7 @@ sys.path.insert(0, BENCH)
 
 import mamba_ssm_cuda  # noqa: E402
 import scan_cases  # noqa: E402
+from timing import isolated_times, write_csv  # noqa: E402
 
 ROWS = []
 
@@ -79,11 +79,33 @@ def measure(benchmark, request):
     return run
 
 
+@pytest.fixture
+def measure_isolated(benchmark, request):
+    """measure_isolated(fn, sets, reps, **case): the wall time of one call as a model layer makes
+    it (synchronize, fn(s), synchronize), median over reps calls cycling over the input sets
+    after two warm-up calls, recorded as gpu_ms; with host=True also host_ms (call to return
+    with the queue drained: the host's own cost) and queued_ms (do_bench, calls back to back:
+    the kernels' own time)."""
+    def run(fn, sets, reps=50, host=False, **case):
+        cycle = itertools.cycle(sets)
+        fn(next(cycle))
+        fn(next(cycle))
+        walls, hosts = isolated_times(lambda: fn(next(cycle)), reps)
+        ms = 1e3 * statistics.median(walls)
+        row = dict(case, test=request.node.name, gpu_ms=round(ms, 4), rounds=reps,
+                   input_sets=len(sets))
+        if host:
+            row["host_ms"] = round(1e3 * statistics.median(hosts), 4)
+            row["queued_ms"] = round(triton.testing.do_bench(
+                lambda: fn(next(cycle)), warmup=25, rep=100, return_mode="median"), 4)
+        benchmark.pedantic(lambda: None, rounds=1)
+        benchmark.extra_info.update(row)
+        ROWS.append(row)
+        return ms
+    return run
+
+
 def pytest_sessionfinish(session):
     path = session.config.getoption("--bench-csv")
     if path and ROWS:
-        fields = list(dict.fromkeys(k for row in ROWS for k in row))
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(ROWS)
+        write_csv(path, ROWS)

@@ -13,7 +13,13 @@
 #   main          python -m fusedscan (forward and gradient errors against the reference)
 #   mamba         build mamba-ssm's selective_scan_cuda from .mamba-ssm/ (bench/mamba_ssm_cuda.py)
 #   bench         pytest bench/ --benchmark-only (builds mamba-ssm beside compiling the kernels,
-#                 unless built), then bench/report.py: bench.csv, tables.md, speed.png
+#                 unless built), then bench/report.py: bench.csv, tables.md, speed.png;
+#                 BENCH_K narrows the benchmarks (pytest -k)
+#   coldstart     bench/cold_start.py: first-call compile times with an empty Triton cache, and
+#                 after python -m fusedscan.warmup
+#   host          bench/host_profile.py: where the host time of one call goes
+# A build of selective_scan_cuda that an earlier call brought back, compressed as
+# .mamba-ssm/selective_scan_cuda.so.xz (ignored, carried), is unpacked instead of building.
 #   memory        bench/backward_memory.py at 1×1536×32768 bf16 (needs `mamba` for the comparison)
 #   sweep         bench/sweep_forward.py (launch configurations, three shapes)
 # PYTEST_K narrows the test steps (pytest -k).
@@ -32,6 +38,12 @@ steps=("$@")
 pytest_run() {
   python3 -m pytest "$@" -q -p no:cacheprovider -n 16 --durations=8 ${PYTEST_K:+-k "$PYTEST_K"}
 }
+
+if [ -f .mamba-ssm/selective_scan_cuda.so.xz ] && ! ls .mamba-ssm/build/selective_scan_cuda*.so > /dev/null 2>&1; then
+  mkdir -p .mamba-ssm/build && xz -dc .mamba-ssm/selective_scan_cuda.so.xz > .mamba-ssm/build/selective_scan_cuda.so
+fi
+[ -d .mamba-ssm/mamba_ssm-2.3.2.post1 ] || [ ! -f .mamba-ssm/mamba_ssm-2.3.2.post1.tar.gz ] ||
+  tar -C .mamba-ssm -xzf .mamba-ssm/mamba_ssm-2.3.2.post1.tar.gz
 
 summary=()
 for step in "${steps[@]}"; do
@@ -55,9 +67,11 @@ for step in "${steps[@]}"; do
       fi
       python3 bench/scan_cases.py compile && wait &&
         python3 -m pytest bench/ --benchmark-only -q -p no:cacheprovider -rs \
-          --bench-csv "$OUT/bench.csv" --bench-compile-jobs 1 &&
+          --bench-csv "$OUT/bench.csv" --bench-compile-jobs 1 ${BENCH_K:+-k "$BENCH_K"} &&
         python3 bench/report.py "$OUT/bench.csv" --plot "$OUT/speed.png" > "$OUT/tables.md" ;;
     memory) python3 bench/backward_memory.py --csv "$OUT/backward_memory.csv" ;;
+    coldstart) python3 bench/cold_start.py ;;
+    host) python3 bench/host_profile.py --csv "$OUT/host.csv" ;;
     sweep) python3 bench/sweep_forward.py "$OUT/sweep_forward.csv" ;;
     *) echo "unknown step $step"; false ;;
   esac > "$OUT/$step.log" 2>&1
@@ -73,6 +87,8 @@ for i in "${!steps[@]}"; do
     main) tail -n 5 "$OUT/$step.log" ;;
     mamba) tail -n 2 "$OUT/$step.log" ;;
     memory) tail -n 4 "$OUT/$step.log" ;;
+    coldstart) tail -n 3 "$OUT/$step.log" ;;
+    host) tail -n 30 "$OUT/$step.log" ;;
     bench) grep -E "passed|failed|SKIPPED" "$OUT/$step.log" | tail -n 5; cat "$OUT/tables.md" ;;
     sweep) tail -n 14 "$OUT/$step.log" ;;
   esac

@@ -100,6 +100,15 @@ def load(root=ROOT):
     return importlib.import_module("mamba_ssm.ops.selective_scan_interface").selective_scan_fn
 
 
+def load_package(root=ROOT):
+    """Makes the whole mamba_ssm package importable (its models too) from the extracted
+    sources, with the built extension; raises Unavailable saying why not."""
+    load(root)
+    src = _source_dir(root)
+    if src not in sys.path:
+        sys.path.insert(0, src)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("action", choices=["build"])

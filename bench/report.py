@@ -18,8 +18,11 @@ def load(path):
         rows = list(csv.DictReader(f))
     times = defaultdict(dict)
     for r in rows:
-        times[(r["group"], r["impl"], r["pass_"], r["dtype"], r["shape"], r.get("keep", ""))] = \
-            float(r["gpu_ms"])
+        key = (r["group"], r["impl"], r["pass_"], r["dtype"], r["shape"], r.get("keep") or "")
+        if r["group"] in ("latency", "model"):
+            times[key] = {m: float(r[m]) for m in ("gpu_ms", "host_ms", "queued_ms") if r.get(m)}
+        else:
+            times[key] = float(r["gpu_ms"])
     return rows, times
 
 
@@ -63,10 +66,52 @@ def tables(times):
         lines.append(f"| {shape} | {keep} | {fmt(kept)} | {fmt(full)} | "
                      f"{fmt(kept / full if full else None, 3)}× | {fmt(gathered)} | "
                      f"{fmt(gathered / kept if gathered else None, 2)}× |")
+    lines += latency_table(times)
+    lines += model_table(times)
     ref = [v for k, v in times.items() if k[0] == "reference"]
     if ref:
         lines += ["", f"Reference (PyTorch, float32, 8×1536×2048, forward): {ref[0]:.1f} ms."]
     return "\n".join(lines)
+
+
+def latency_table(times):
+    """Isolated calls: wall time, host time and queued (kernel) time, fusedscan and mamba-ssm."""
+    keys = sorted({(k[2], k[4]) for k in times if k[0] == "latency"})
+    if not keys:
+        return []
+    lines = ["", "| pass | batch×dim×L (bf16) | fusedscan isolated ms | mamba-ssm isolated ms | "
+             "isolated ratio (mamba / fusedscan) | fusedscan host ms | mamba-ssm host ms | "
+             "fusedscan queued ms | mamba-ssm queued ms |", "|---|---|---|---|---|---|---|---|---|"]
+    for pass_, shape in keys:
+        f = {m: times.get(("latency", "fusedscan", pass_, "bfloat16", shape, ""), {}).get(m)
+             for m in ("gpu_ms", "host_ms", "queued_ms")}
+        g = {m: times.get(("latency", "mamba-ssm", pass_, "bfloat16", shape, ""), {}).get(m)
+             for m in ("gpu_ms", "host_ms", "queued_ms")}
+        ratio = g["gpu_ms"] / f["gpu_ms"] if f["gpu_ms"] and g["gpu_ms"] else None
+        lines.append(f"| {pass_} | {shape} | {fmt(f['gpu_ms'])} | {fmt(g['gpu_ms'])} | "
+                     f"{fmt(ratio, 2)}× | {fmt(f['host_ms'])} | {fmt(g['host_ms'])} | "
+                     f"{fmt(f['queued_ms'])} | {fmt(g['queued_ms'])} |")
+    return lines
+
+
+def model_table(times):
+    """Whole-model prefill times per implementation and length."""
+    impls = list(dict.fromkeys(k[1] for k in times if k[0] == "model"))
+    shapes = sorted({k[4] for k in times if k[0] == "model"}, key=lambda s: int(s.split("x")[1]))
+    if not impls:
+        return []
+    base = "mamba-ssm"
+    lines = ["", "| tokens | " + " | ".join(f"{i} ms" for i in impls) + " | "
+             + " | ".join(f"{base} / {i}" for i in impls if i != base) + " |",
+             "|---|" + "---|" * (2 * len(impls) - 1)]
+    for shape in shapes:
+        ms = {i: times.get(("model", i, "forward", "bfloat16", shape, ""), {}).get("gpu_ms")
+              for i in impls}
+        ratios = [ms[base] / ms[i] if ms.get(base) and ms[i] else None
+                  for i in impls if i != base]
+        lines.append(f"| {shape.split('x')[1]} | " + " | ".join(fmt(ms[i]) for i in impls) + " | "
+                     + " | ".join(f"{fmt(r, 2)}×" for r in ratios) + " |")
+    return lines
 
 
 def plot(times, path):
@@ -89,7 +134,7 @@ def plot(times, path):
         ax.set_title(dtype)
     axes[0].set_ylabel("speedup over mamba-ssm (its time / fusedscan's)")
     axes[0].legend()
-    fig.suptitle("fusedscan selective_scan_ext vs mamba-ssm selective_scan_fn, H100, N = 16")
+    fig.suptitle("fusedscan selective_scan_ext vs mamba-ssm selective_scan_fn, N = 16")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -12,7 +12,7 @@ import multiprocessing
 import torch
 
 from fusedscan import selective_scan_ext
-from reference import selective_scan_ref
+from reference import scan_inputs, selective_scan_ref
 
 DSTATE = 16
 # batch × dim × L of the grid.
@@ -28,30 +28,19 @@ def shape_id(shape):
 
 
 def make_inputs(shape, dtype, requires_grad=False, extensions=False, keep=None):
-    """One input set; with extensions, also delta_threshold, a_scale and delta_scale (dim,)
-    tensors; with keep, keep_idx (batch, keep): sorted random positions of each row."""
+    """One input set (reference.scan_inputs) as a dict of selective_scan_ext's argument names,
+    with the output gradient g_out; with extensions, also delta_threshold (0.2 everywhere:
+    about a fifth of Δ̂ is filtered), a_scale and delta_scale (dim,) tensors; with keep,
+    keep_idx (batch, keep): sorted random positions of each row."""
     batch, dim, L = shape
-    dev = "cuda"
-    x = dict(
-        u=torch.randn(batch, dim, L, device=dev, dtype=dtype),
-        delta=(0.7 * torch.randn(batch, dim, L, device=dev) - 1.0).to(dtype),
-        A=-(0.2 + 1.5 * torch.rand(dim, DSTATE, device=dev)),
-        B=torch.randn(batch, DSTATE, L, device=dev, dtype=dtype),
-        C=torch.randn(batch, DSTATE, L, device=dev, dtype=dtype),
-        D=torch.randn(dim, device=dev),
-        z=torch.randn(batch, dim, L, device=dev, dtype=dtype),
-        delta_bias=0.3 * torch.randn(dim, device=dev),
-    )
+    ext = dict(delta_threshold=0.2, a_scale="dim", delta_scale="tensor") if extensions else {}
+    args, kwargs = scan_inputs(batch, dim, L, DSTATE, dtype=dtype, keep=keep, device="cuda",
+                               **ext)
+    x = dict(zip(ARGS, args))
     for t in x.values():
         t.requires_grad_(requires_grad)
-    x["g_out"] = torch.randn(batch, dim, keep or L, device=dev, dtype=dtype)
-    if extensions:
-        # About a fifth of Δ̂ = softplus(delta + bias) falls under 0.2 and is filtered.
-        x["delta_threshold"] = torch.full((dim,), 0.2, device=dev)
-        x["a_scale"] = 0.5 + torch.rand(dim, device=dev)
-        x["delta_scale"] = 0.5 + torch.rand(dim, device=dev)
-    if keep is not None:
-        x["keep_idx"] = torch.rand(batch, L, device=dev).topk(keep, dim=1).indices.sort(1).values
+    x.update(kwargs)
+    x["g_out"] = torch.randn(batch, dim, keep or L, device="cuda", dtype=dtype)
     return x
 
 

@@ -21,33 +21,31 @@ import triton
 import triton.testing
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fusedscan.selective_scan.interface import selective_scan_bwd, selective_scan_fwd  # noqa: E402
+from fusedscan.selective_scan.chunk import selective_scan_fwd  # noqa: E402
+from fusedscan.selective_scan.chunk_backward import selective_scan_bwd  # noqa: E402
+from fusedscan.selective_scan.options import BCLayout, ScanOptions  # noqa: E402
 import mamba_ssm_cuda  # noqa: E402
+from scan_cases import SHAPES, make_inputs  # noqa: E402
 
-SHAPES = [(8, 1536, 2048), (1, 1536, 8192), (1, 1536, 32768), (1, 1536, 131072),
-          (1, 4096, 32768), (4, 2048, 8192)]
 QUICK_SHAPES = [(8, 1536, 2048), (1, 1536, 8192), (1, 1536, 32768)]
 DTYPES = [torch.bfloat16, torch.float32]
 # (BLOCK_D, num_warps, maxnreg (0: none)): 32 · warps channels is one channel row per thread.
-FWD_CONFIGS = [(128, 4, 0), (128, 4, 128), (64, 2, 0), (64, 2, 128)]
-PROGRAMS_PER_SM = [2, 4, 8]
+FWD_CONFIGS = [(128, 4, 0), (128, 4, 128), (64, 2, 0), (64, 2, 128), (32, 1, 0)]
+PROGRAMS_PER_SM = [1, 2, 4, 8]
 # (BLOCK_D, BLOCK_T, num_warps) of the backward kernels; (8, 128, 4) is backward v1.
 BWD_CONFIGS = [(8, 128, 4), (32, 8, 1), (64, 8, 2), (128, 8, 4), (32, 16, 2)]
 
 
-def inputs(batch, dim, L, dtype, n=16):
-    dev = "cuda"
-    return dict(u=torch.randn(batch, dim, L, device=dev, dtype=dtype),
-                delta=(0.5 * torch.randn(batch, dim, L, device=dev) - 1).to(dtype),
-                A=-torch.rand(dim, n, device=dev) - 0.2,
-                B=torch.randn(batch, n, L, device=dev, dtype=dtype),
-                C=torch.randn(batch, n, L, device=dev, dtype=dtype),
-                D=torch.randn(dim, device=dev), z=torch.randn(batch, dim, L, device=dev, dtype=dtype),
-                delta_bias=torch.randn(dim, device=dev) * 0.1, delta_softplus=True)
+def inputs(batch, dim, L, dtype):
+    return make_inputs((batch, dim, L), dtype)
+
+
+def _options(s):
+    return ScanOptions(s["D"], s["z"], s["delta_bias"], True)
 
 
 def fwd_cases(batch, dim, sms):
-    cases = [("fwd auto", {})]
+    cases = [("fwd auto", {}), ("fwd d128 w4 s1", dict(num_segments=1))]
     for (block_d, warps, maxnreg), per_sm in itertools.product(FWD_CONFIGS, PROGRAMS_PER_SM):
         segs = triton.cdiv(per_sm * sms, batch * triton.cdiv(dim, block_d))
         cases.append((f"fwd d{block_d} w{warps} r{maxnreg or '-'} p{per_sm}",
@@ -61,14 +59,13 @@ def bwd_cases():
 
 
 def run_fwd(s, cfg):
-    return selective_scan_fwd(**s, B_variable=True, C_variable=True, **cfg)
+    return selective_scan_fwd(s["u"], s["delta"], s["A"], s["B"], s["C"], _options(s), **cfg)
 
 
 def run_bwd(s, cfg, saved):
     out, chunk_states, dout = saved
-    return selective_scan_bwd(dout, None, s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"],
-                              s["z"], s["delta_bias"], True, None, None, None, None, None,
-                              chunk_states, B_variable=True, C_variable=True, **cfg)
+    return selective_scan_bwd(dout, None, s["u"], s["delta"], s["A"], s["B"], s["C"], _options(s),
+                              BCLayout(), chunk_states, **cfg)
 
 
 def compile_one(job):
@@ -99,9 +96,19 @@ def main():
     parser.add_argument("csv")
     parser.add_argument("--full", action="store_true", help="all six shapes of the grid")
     parser.add_argument("--jobs", type=int, default=8, help="parallel compile processes")
+    parser.add_argument("--shapes", nargs="+", metavar="BxDxL",
+                        help="these batch×dim×L shapes instead (e.g. 1x1536x512)")
+    parser.add_argument("--dtypes", nargs="+", choices=["bfloat16", "float32"],
+                        default=["bfloat16", "float32"])
+    parser.add_argument("--forward-only", action="store_true", help="no backward configurations")
     args = parser.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = SHAPES if args.full else QUICK_SHAPES
+    if args.shapes:
+        shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes]
+    DTYPES[:] = [getattr(torch, d) for d in args.dtypes]
+    if args.forward_only:
+        BWD_CONFIGS.clear()
 
     # One job per distinct compiled variant: the launch configuration and dtype (the shapes of
     # the grid all specialise alike).
@@ -156,6 +163,8 @@ def main():
         group = list(group)
         for kind in ("fwd", "bwd"):
             mine = [r for r in group if r["config"].startswith(kind) and "mamba" not in r["config"]]
+            if not mine:
+                continue
             best = min(mine, key=lambda r: r["ms"])
             first = mine[0]
             print(f"{key} {kind}: best {best['ms']} ({best['config']}), {first['config']} "

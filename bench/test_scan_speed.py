@@ -1,11 +1,14 @@
-"""Speed of selective_scan_ext against mamba-ssm's CUDA selective_scan_fn and the reference
-(fixtures and timing in bench/conftest.py, inputs and calls in bench/scan_cases.py).
+"""Speed of selective_scan_ext against mamba-ssm's CUDA selective_scan_fn and the reference,
+isolated calls, and whole models (fixtures and timing in bench/conftest.py, inputs and calls in
+bench/scan_cases.py and bench/model_cases.py).
 
     pytest bench/ --benchmark-only --bench-csv bench.csv
 """
 
 import pytest
 
+import mamba_ssm_cuda
+import model_cases
 from scan_cases import (
     DTYPES, INPUT_SETS, SHAPES, fused_forward, fused_forward_backward, make_inputs, mamba_calls,
     reference_forward, shape_id,
@@ -14,6 +17,8 @@ from scan_cases import (
 GRID = [pytest.param(dtype, shape, id=f"{dtype}-{shape_id(shape)}")
         for dtype in DTYPES for shape in SHAPES]
 KEEP_SHAPES = [(1, 1536, 32768), (1, 1536, 131072)]
+LATENCY_SHAPES = [(1, 1536, 512), (1, 1536, 2048)]
+MODEL_IMPLS = ["mamba-ssm", "fusedscan", "fusedscan+decimamba", "hf+fusedscan"]
 
 
 def input_sets(shape, dtype, **kw):
@@ -64,3 +69,40 @@ def test_reference(gpu, measure):
     shape = SHAPES[0]
     measure(reference_forward, input_sets(shape, "float32"), rounds=2, group="reference",
             impl="reference", pass_="forward", dtype="float32", shape=shape_id(shape))
+
+
+@pytest.mark.parametrize("pass_", ["forward", "forward_backward"])
+@pytest.mark.parametrize("impl", ["fusedscan", "mamba-ssm"])
+@pytest.mark.parametrize("shape", LATENCY_SHAPES, ids=shape_id)
+def test_latency(request, gpu, measure_isolated, impl, pass_, shape):
+    """One call as a model layer makes it (bf16, Mamba's options): its wall time with the GPU
+    idle before and after, its host time, and its time back to back."""
+    if impl == "mamba-ssm":
+        fwd, fwd_bwd, _ = mamba_calls(request.getfixturevalue("mamba"))
+    else:
+        fwd, fwd_bwd = fused_forward, fused_forward_backward
+    sets = input_sets(shape, "bfloat16", requires_grad=pass_ == "forward_backward")
+    measure_isolated(fwd if pass_ == "forward" else fwd_bwd, sets, reps=200, host=True,
+                     group="latency", impl=impl, pass_=pass_, dtype="bfloat16",
+                     shape=shape_id(shape))
+
+
+@pytest.fixture(scope="module")
+def models(gpu):
+    """The models of bench/model_cases.py, built once."""
+    try:
+        mamba_ssm_cuda.load_package()
+    except mamba_ssm_cuda.Unavailable as e:
+        pytest.skip(f"mamba-ssm not available: {e}")
+    return dict(model_cases.models(MODEL_IMPLS))
+
+
+@pytest.mark.parametrize("length", model_cases.LENGTHS)
+@pytest.mark.parametrize("impl", MODEL_IMPLS)
+def test_model(models, measure_isolated, impl, length):
+    """Prefill of one prompt through the backbone, mamba-130m shape, bf16: mamba-ssm's own
+    model, the same model patched (no method, DeciMamba) and Hugging Face's model patched."""
+    sets = [model_cases.tokens(length, seed) for seed in range(2)]
+    measure_isolated(lambda x: model_cases.backbone_forward(models[impl], x), sets,
+                     reps=20 if length <= 8192 else 5, group="model", impl=impl, pass_="forward",
+                     dtype="bfloat16", shape=f"1x{length}")

@@ -1,0 +1,198 @@
+"""Where the host time of one selective_scan_ext call goes (GPU machine).
+
+    python bench/host_profile.py [--csv host.csv]
+
+For bf16 1×1536×512 and 1×1536×2048 (N 16, Mamba's options), forward under no_grad and
+forward+backward:
+- isolated: synchronize, call, synchronize (what a model layer sees), median of 200;
+- host: the wall time from the call to its return with the queue drained first (nothing in
+  the call waits for the GPU, so this is the host's own cost);
+- queued: triton.testing.do_bench (CUDA events, calls back to back), the kernels' own time.
+Then the stages of one forward call, each timed alone the same way (median of 500): the
+argument checks, the launcher (allocations and launches), each Triton launch replayed with
+its recorded arguments, and for scale a launch of an empty kernel with 4, 24, 48 and 96
+arguments and a trivial custom op against a plain autograd.Function.
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+import triton
+import triton.testing
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from fusedscan import selective_scan_ext  # noqa: E402
+from scan_cases import ARGS, make_inputs  # noqa: E402
+from timing import host_ms, isolated_ms, write_csv  # noqa: E402
+
+SHAPES = [(1, 1536, 512), (1, 1536, 2048)]
+
+
+def queued_ms(fn):
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def _empty_kernel(count):
+    """A Triton kernel that does nothing, with `count` parameters (written to a module file:
+    Triton reads a kernel's source)."""
+    import importlib.util
+    import tempfile
+    params = ", ".join(f"a{i}" for i in range(count))
+    path = os.path.join(tempfile.mkdtemp(), f"empty_{count}.py")
+    with open(path, "w") as f:
+        f.write(f"import triton\n\n@triton.jit\ndef empty({params}):\n    pass\n")
+    spec = importlib.util.spec_from_file_location(f"empty_{count}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.empty
+
+
+def launch_cost_rows():
+    x = torch.empty(16, device="cuda")
+    rows = []
+    for count in (4, 24, 48, 96):
+        kernel = _empty_kernel(count)
+        # Half pointers, half ints, like the scan's kernels.
+        args = [x if i % 2 else 7 + i for i in range(count)]
+        kernel[(1,)](*args)
+        rows.append(("empty kernel", f"{count} args", host_ms(lambda: kernel[(1,)](*args))))
+    return rows
+
+
+def dispatch_rows():
+    x = torch.empty(16, device="cuda")
+
+    @torch.library.custom_op("host_profile::identity", mutates_args=())
+    def identity(a: torch.Tensor, b: torch.Tensor | None, c: float | None, d: bool) -> torch.Tensor:
+        return a.new_empty(a.shape)
+
+    identity.register_autograd(lambda ctx, g: (g, None, None, None),
+                               setup_context=lambda ctx, inputs, output: None)
+
+    class Identity(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a, b, c, d):
+            return a.new_empty(a.shape)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, None, None, None
+
+    xg = x.clone().requires_grad_()
+    rows = []
+    with torch.no_grad():
+        rows.append(("dispatch", "custom op, no_grad", host_ms(lambda: identity(x, None, 1.0, True))))
+        rows.append(("dispatch", "autograd.Function, no_grad",
+                     host_ms(lambda: Identity.apply(x, None, 1.0, True))))
+    rows.append(("dispatch", "custom op, requires_grad", host_ms(lambda: identity(xg, None, 1.0, True))))
+    rows.append(("dispatch", "autograd.Function, requires_grad",
+                 host_ms(lambda: Identity.apply(xg, None, 1.0, True))))
+    return rows
+
+
+class Recorder:
+    """Records every launch of the given Triton kernels (the JITFunction's run, replaced on the
+    instance) so that each can be replayed and timed alone."""
+
+    def __init__(self, kernels):
+        self.kernels, self.calls = kernels, []
+
+    def __enter__(self):
+        for k in self.kernels:
+            real = k.run
+
+            def run(*args, _k=k, _real=real, **kwargs):
+                self.calls.append((_k, args, kwargs))
+                return _real(*args, **kwargs)
+            k.run = run
+        return self
+
+    def __exit__(self, *exc):
+        for k in self.kernels:
+            del k.run
+
+
+def stage_rows(shape, scan_kernels):
+    s = make_inputs(shape, torch.bfloat16)
+    args = [s[k] for k in ARGS]
+    rows = []
+    with torch.no_grad():
+        call = lambda: selective_scan_ext(*args, True)  # noqa: E731
+        call()
+        from fusedscan.selective_scan.chunk import selective_scan_fwd
+        from fusedscan.selective_scan.options import ScanOptions
+        from fusedscan.selective_scan.validate import check_inputs
+        rows.append(("stage", "check_inputs", host_ms(lambda: check_inputs(
+            *args, True, False, None, None, None, None, None))))
+        opts = ScanOptions(*args[5:], True)
+        rows.append(("stage", "launcher selective_scan_fwd", host_ms(
+            lambda: selective_scan_fwd(*args[:5], opts))))
+        rows.append(("stage", "whole call", host_ms(call)))
+        with Recorder(scan_kernels) as rec:
+            call()
+        for k, a, kw in rec.calls:
+            name = getattr(k, "__name__", None) or k.fn.__name__
+            grid = kw["grid"]
+            rest = {key: v for key, v in kw.items() if key not in ("grid", "warmup")}
+            rows.append(("launch", f"{name} grid {grid}",
+                         host_ms(lambda: k[grid](*a, **rest))))
+    return rows
+
+
+def call_rows(shape, scan=selective_scan_ext, label=""):
+    sets = [make_inputs(shape, torch.bfloat16, requires_grad=True) for _ in range(3)]
+    it = iter(range(10**9))
+
+    def fwd():
+        s = sets[next(it) % 3]
+        with torch.no_grad():
+            return scan(*(s[k] for k in ARGS), True)
+
+    def fwd_bwd():
+        s = sets[next(it) % 3]
+        out = scan(*(s[k] for k in ARGS), True)
+        return torch.autograd.grad(out, [s[k] for k in ARGS], s["g_out"])
+
+    rows = []
+    for name, fn in (("forward", fwd), ("forward_backward", fwd_bwd)):
+        fn()
+        rows.append((name + label, "isolated", isolated_ms(fn)))
+        rows.append((name + label, "host", host_ms(fn, 200)))
+        rows.append((name + label, "queued", queued_ms(fn)))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--csv", help="write the rows here")
+    args = parser.parse_args()
+    from fusedscan.selective_scan import chunk, chunk_backward
+    kernels = [v for m in (chunk, chunk_backward) for v in vars(m).values()
+               if isinstance(v, triton.runtime.JITFunction) and v.fn.__name__.endswith("_kernel")]
+    import mamba_ssm_cuda
+    try:
+        mamba_fn = mamba_ssm_cuda.load()
+    except mamba_ssm_cuda.Unavailable as e:
+        print(f"mamba-ssm not measured: {e}")
+        mamba_fn = None
+    rows = []
+    for shape in SHAPES:
+        sid = "x".join(map(str, shape))
+        rows += [(sid, *r) for r in call_rows(shape)]
+        if mamba_fn is not None:
+            rows += [(sid, *r) for r in call_rows(shape, mamba_fn, " mamba-ssm")]
+        rows += [(sid, *r) for r in stage_rows(shape, kernels)]
+    rows += [("-", *r) for r in launch_cost_rows()]
+    rows += [("-", *r) for r in dispatch_rows()]
+    if args.csv:
+        write_csv(args.csv, [dict(shape=r[0], what=r[1], how=r[2], ms=r[3]) for r in rows])
+    for shape, what, how, ms in rows:
+        print(f"{shape:12s} {what:20s} {how:44s} {ms * 1e3:9.1f} us")
+
+
+if __name__ == "__main__":
+    main()
