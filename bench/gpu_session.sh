@@ -21,7 +21,10 @@
 # A build of selective_scan_cuda that an earlier call brought back, compressed as
 # .mamba-ssm/selective_scan_cuda.so.xz (ignored, carried), is unpacked instead of building.
 #   memory        bench/backward_memory.py at 1×1536×32768 bf16 (needs `mamba` for the comparison)
-#   sweep         bench/sweep_forward.py (launch configurations, three shapes)
+#   sweep         bench/sweep_forward.py (launch configurations, three shapes); SWEEP_ARGS adds
+#                 its options (e.g. "--tiles --forward-only --shapes 1x1536x512")
+#   profile-model bench/model_cases.py --profile at 2048 and 32768 tokens: mamba-ssm's model
+#                 and the patched one, with torch.profiler's operator tables
 # PYTEST_K narrows the test steps (pytest -k).
 set -u
 OUT=${OUT:-gpu-out}
@@ -72,7 +75,12 @@ for step in "${steps[@]}"; do
     memory) python3 bench/backward_memory.py --csv "$OUT/backward_memory.csv" ;;
     coldstart) python3 bench/cold_start.py ;;
     host) python3 bench/host_profile.py --csv "$OUT/host.csv" ;;
-    sweep) python3 bench/sweep_forward.py "$OUT/sweep_forward.csv" ;;
+    sweep) python3 bench/sweep_forward.py "$OUT/sweep_forward.csv" ${SWEEP_ARGS:-} ;;
+    profile-model)
+      { ls .mamba-ssm/build/selective_scan_cuda*.so > /dev/null 2>&1 ||
+          python3 bench/mamba_ssm_cuda.py build; } &&
+        python3 bench/model_cases.py --lengths 2048 32768 --impls mamba-ssm fusedscan --profile \
+          --csv "$OUT/model_profile.csv" ;;
     *) echo "unknown step $step"; false ;;
   esac > "$OUT/$step.log" 2>&1
   rc=$?
@@ -91,5 +99,6 @@ for i in "${!steps[@]}"; do
     host) tail -n 30 "$OUT/$step.log" ;;
     bench) grep -E "passed|failed|SKIPPED" "$OUT/$step.log" | tail -n 5; cat "$OUT/tables.md" ;;
     sweep) tail -n 14 "$OUT/$step.log" ;;
+    profile-model) grep "^{" "$OUT/$step.log" ;;
   esac
 done

@@ -9,9 +9,10 @@ forward+backward:
   the call waits for the GPU, so this is the host's own cost);
 - queued: triton.testing.do_bench (CUDA events, calls back to back), the kernels' own time.
 Then the stages of one forward call, each timed alone the same way (median of 500): the
-argument checks, the launcher (allocations and launches), each Triton launch replayed with
-its recorded arguments, and for scale a launch of an empty kernel with 4, 24, 48 and 96
-arguments and a trivial custom op against a plain autograd.Function.
+argument checks, the launcher (allocations and launches), each kernel launch replayed with
+its recorded arguments through its launch plan and through Triton's own launch path, and for
+scale a launch of an empty kernel with 4, 24, 48 and 96 arguments and a trivial custom op
+against a plain autograd.Function.
 """
 
 import argparse
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fusedscan import selective_scan_ext  # noqa: E402
+from fusedscan.utils.launch import LaunchPlan  # noqa: E402
 from scan_cases import ARGS, make_inputs  # noqa: E402
 from timing import host_ms, isolated_ms, write_csv  # noqa: E402
 
@@ -95,28 +97,25 @@ def dispatch_rows():
 
 
 class Recorder:
-    """Records every launch of the given Triton kernels (the JITFunction's run, replaced on the
-    instance) so that each can be replayed and timed alone."""
-
-    def __init__(self, kernels):
-        self.kernels, self.calls = kernels, []
+    """Records every launch plan's call (LaunchPlan.__call__, replaced on the class) so that each
+    launch can be replayed and timed alone."""
 
     def __enter__(self):
-        for k in self.kernels:
-            real = k.run
+        self.calls = []
+        real = LaunchPlan.__call__
 
-            def run(*args, _k=k, _real=real, **kwargs):
-                self.calls.append((_k, args, kwargs))
-                return _real(*args, **kwargs)
-            k.run = run
+        def call(plan, *args):
+            self.calls.append((plan, args))
+            return real(plan, *args)
+        LaunchPlan.__call__ = call
+        self.real = real
         return self
 
     def __exit__(self, *exc):
-        for k in self.kernels:
-            del k.run
+        LaunchPlan.__call__ = self.real
 
 
-def stage_rows(shape, scan_kernels):
+def stage_rows(shape):
     s = make_inputs(shape, torch.bfloat16)
     args = [s[k] for k in ARGS]
     rows = []
@@ -132,14 +131,13 @@ def stage_rows(shape, scan_kernels):
         rows.append(("stage", "launcher selective_scan_fwd", host_ms(
             lambda: selective_scan_fwd(*args[:5], opts))))
         rows.append(("stage", "whole call", host_ms(call)))
-        with Recorder(scan_kernels) as rec:
+        with Recorder() as rec:
             call()
-        for k, a, kw in rec.calls:
-            name = getattr(k, "__name__", None) or k.fn.__name__
-            grid = kw["grid"]
-            rest = {key: v for key, v in kw.items() if key not in ("grid", "warmup")}
-            rows.append(("launch", f"{name} grid {grid}",
-                         host_ms(lambda: k[grid](*a, **rest))))
+        for plan, a in rec.calls:
+            name = f"{plan.kernel.fn.__name__} grid {plan.grid}"
+            rows.append(("launch", f"{name}, launch plan", host_ms(lambda: plan(*a))))
+            rows.append(("launch", f"{name}, through Triton",
+                         host_ms(lambda: plan.launch_through_triton(*a))))
     return rows
 
 
@@ -170,9 +168,6 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", help="write the rows here")
     args = parser.parse_args()
-    from fusedscan.selective_scan import chunk, chunk_backward
-    kernels = [v for m in (chunk, chunk_backward) for v in vars(m).values()
-               if isinstance(v, triton.runtime.JITFunction) and v.fn.__name__.endswith("_kernel")]
     import mamba_ssm_cuda
     try:
         mamba_fn = mamba_ssm_cuda.load()
@@ -185,7 +180,7 @@ def main():
         rows += [(sid, *r) for r in call_rows(shape)]
         if mamba_fn is not None:
             rows += [(sid, *r) for r in call_rows(shape, mamba_fn, " mamba-ssm")]
-        rows += [(sid, *r) for r in stage_rows(shape, kernels)]
+        rows += [(sid, *r) for r in stage_rows(shape)]
     rows += [("-", *r) for r in launch_cost_rows()]
     rows += [("-", *r) for r in dispatch_rows()]
     if args.csv:

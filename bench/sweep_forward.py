@@ -5,7 +5,8 @@ is built, and writes a CSV. Timing: triton.testing.do_bench (CUDA events), media
 warm-up, rotating over three input sets so that no run reads inputs left in L2 by the previous
 one. The kernels of every configuration are compiled first, in parallel processes.
 
-usage: python bench/sweep_forward.py OUT.csv [--full] [--jobs N]
+usage: python bench/sweep_forward.py OUT.csv [--full] [--jobs N] [--shapes BxDxL ...]
+       [--dtypes ...] [--forward-only] [--tiles]
 """
 
 import argparse
@@ -32,8 +33,14 @@ DTYPES = [torch.bfloat16, torch.float32]
 # (BLOCK_D, num_warps, maxnreg (0: none)): 32 · warps channels is one channel row per thread.
 FWD_CONFIGS = [(128, 4, 0), (128, 4, 128), (64, 2, 0), (64, 2, 128), (32, 1, 0)]
 PROGRAMS_PER_SM = [1, 2, 4, 8]
+# (BLOCK_D, BLOCK_T, num_warps) with several threads along the positions of a tile (--tiles):
+# the tile's scan crosses threads, so that short sequences need fewer segments. Timed with one
+# segment ("s1") and at the programs per SM above.
+TILE_CONFIGS = [(8, 32, 1), (16, 32, 2), (32, 32, 4), (8, 64, 2), (16, 64, 4), (32, 16, 2),
+                (64, 16, 4)]
 # (BLOCK_D, BLOCK_T, num_warps) of the backward kernels; (8, 128, 4) is backward v1.
 BWD_CONFIGS = [(8, 128, 4), (32, 8, 1), (64, 8, 2), (128, 8, 4), (32, 16, 2)]
+TILES = False
 
 
 def inputs(batch, dim, L, dtype):
@@ -50,6 +57,13 @@ def fwd_cases(batch, dim, sms):
         segs = triton.cdiv(per_sm * sms, batch * triton.cdiv(dim, block_d))
         cases.append((f"fwd d{block_d} w{warps} r{maxnreg or '-'} p{per_sm}",
                       dict(block_d=block_d, num_warps=warps, maxnreg=maxnreg, num_segments=segs)))
+    for block_d, block_t, warps in TILE_CONFIGS if TILES else ():
+        programs = batch * triton.cdiv(dim, block_d)
+        for per_sm in [0] + PROGRAMS_PER_SM:
+            segs = triton.cdiv(per_sm * sms, programs) if per_sm else 1
+            cases.append((f"fwd d{block_d} t{block_t} w{warps} p{per_sm}",
+                          dict(block_d=block_d, block_t=block_t, num_warps=warps, maxnreg=0,
+                               num_segments=segs)))
     return cases
 
 
@@ -101,7 +115,11 @@ def main():
     parser.add_argument("--dtypes", nargs="+", choices=["bfloat16", "float32"],
                         default=["bfloat16", "float32"])
     parser.add_argument("--forward-only", action="store_true", help="no backward configurations")
+    parser.add_argument("--tiles", action="store_true",
+                        help="also forward tiles with several threads along the positions")
     args = parser.parse_args()
+    global TILES
+    TILES = args.tiles
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = SHAPES if args.full else QUICK_SHAPES
     if args.shapes:

@@ -25,19 +25,25 @@ def rel_err(x, ref):
 
 @contextlib.contextmanager
 def nan_filled_outputs():
-    """Every tensor fusedscan allocates with torch.empty starts as NaN (floats) or -1 (ints), so
-    an element the kernel forgets to write fails the comparison."""
-    real_empty = torch.empty
+    """Every tensor fusedscan allocates uninitialized (torch.empty, torch.empty_like,
+    Tensor.new_empty) starts as NaN (floats) or -1 (ints), so an element the kernel forgets to
+    write fails the comparison."""
+    patched = [(torch, "empty"), (torch, "empty_like"), (torch.Tensor, "new_empty")]
+    real = [getattr(owner, name) for owner, name in patched]
 
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(math.nan) if t.is_floating_point() else t.fill_(-1)
+    def filled(make):
+        def allocate(*args, **kwargs):
+            t = make(*args, **kwargs)
+            return t.fill_(math.nan) if t.is_floating_point() else t.fill_(-1)
+        return allocate
 
-    torch.empty = empty
+    for (owner, name), make in zip(patched, real):
+        setattr(owner, name, filled(make))
     try:
         yield
     finally:
-        torch.empty = real_empty
+        for (owner, name), make in zip(patched, real):
+            setattr(owner, name, make)
 
 
 def make_case(*args, **kwargs):
@@ -65,6 +71,13 @@ def strided_case(batch, dim, L, dstate, **options):
     kwargs = {k: strided(v) if torch.is_tensor(v) and v.is_floating_point() else v
               for k, v in kwargs.items()}
     return args, kwargs
+
+
+def misaligned(x):
+    """x's values in a tensor whose data starts one element into its storage: a pointer that is
+    not 16-byte aligned, which Triton compiles for separately."""
+    y = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)[1:].view(x.shape)
+    return y.copy_(x)
 
 
 def to_double(x):

@@ -11,12 +11,14 @@ import torch
 
 from fusedscan import selective_scan_ext
 from fusedscan.selective_scan.chunk import CHUNK_SIZE, selective_scan_fwd
-from fusedscan.selective_scan.chunk_backward import BWD_BLOCK_T, selective_scan_bwd
+from fusedscan.selective_scan.chunk_backward import (
+    BACKWARD_PLANS, BWD_BLOCK_T, selective_scan_bwd,
+)
 from fusedscan.selective_scan.options import BCLayout
 from reference import grad_tolerance, selective_scan_ref
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import (
-    BC_KINDS, DTYPES, OPTIONS, combination_case, launcher_args, make_case,
+    BC_KINDS, DTYPES, OPTIONS, combination_case, launcher_args, make_case, misaligned,
     nan_filled_outputs, option_ids, rel_err, strided_case, to_double,
 )
 
@@ -223,6 +225,17 @@ def test_threshold_stops_the_gradient_to_delta():
     grads, _ = gradients(selective_scan_ext, args, kwargs, True, True, 5, lambda x: x)
     assert torch.all(grads["delta"][:, ::2] == 0)
     assert torch.all(grads["delta"][:, 1::2] != 0)
+
+
+def test_launch_plans_follow_the_signature():
+    """Backward launch plans are kept per signature: a second call with fresh values reuses
+    them, an unaligned u and dout get their own; every gradient is right."""
+    BACKWARD_PLANS.clear()
+    for variant in (lambda x: x, lambda x: x, misaligned):
+        args, kwargs = make_case(*SHAPE, dtype=torch.bfloat16)
+        args[0] = variant(args[0])
+        check(args, kwargs, torch.bfloat16)
+    assert len(BACKWARD_PLANS) == 2
 
 
 def test_non_contiguous_inputs():

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from fusedscan import selective_scan_ext
-from fusedscan.selective_scan.chunk import CHUNK_SIZE, selective_scan_fwd
+from fusedscan.selective_scan.chunk import CHUNK_SIZE, FORWARD_PLANS, selective_scan_fwd
 from reference import forward_tolerance
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import (
-    BC_KINDS, DTYPES, OPTIONS, combination_case, launcher_args, make_case, nan_filled_outputs,
-    option_ids, reference, rel_err, strided_case,
+    BC_KINDS, DTYPES, OPTIONS, combination_case, launcher_args, make_case, misaligned,
+    nan_filled_outputs, option_ids, reference, rel_err, strided_case,
 )
 
 # (batch, dim, L, N): dim not a multiple of the channel block, L odd and over two chunks.
@@ -135,6 +135,27 @@ def test_non_contiguous_inputs():
     """Transposed activations; strided D, delta_bias, scales, threshold and initial state."""
     args, kwargs = strided_case(*SHAPE)
     check(args, kwargs, torch.float32)
+
+
+def test_launch_plans_follow_the_signature():
+    """The launch configuration is kept per signature of the inputs: fresh values of the same
+    signature reuse it (on a GPU through the compiled kernel directly), while other strides or
+    a pointer off 16-byte alignment get plans of their own; every result is right."""
+    FORWARD_PLANS.clear()
+    args, kwargs = make_case(*SHAPE, dtype=torch.bfloat16)
+    check(args, kwargs, torch.bfloat16)
+    assert len(FORWARD_PLANS) == 1
+    args, kwargs = make_case(*SHAPE, dtype=torch.bfloat16)
+    check(args, kwargs, torch.bfloat16)
+    assert len(FORWARD_PLANS) == 1
+    transposed = lambda x: x.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+    for i, variant in enumerate((misaligned, transposed)):
+        changed = list(args)
+        changed[0] = variant(args[0])
+        check(changed, kwargs, torch.bfloat16)
+        assert len(FORWARD_PLANS) == 2 + i
+    check(args, kwargs, torch.bfloat16)
+    assert len(FORWARD_PLANS) == 3
 
 
 def test_mamba_ssm_positional_order_without_keywords():

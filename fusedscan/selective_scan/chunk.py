@@ -21,6 +21,7 @@ its ΣΔ̂ per channel, and the main pass folds those into each segment's start 
 """
 
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -31,7 +32,9 @@ from fusedscan.utils.device import INTERPRETED, multiprocessor_count
 from fusedscan.utils.kernels import (
     FLAG_INITIAL_STATE, channel_params, delta_hat, load_A, load_D, option_flags, scan_combine,
 )
-from fusedscan.utils.launch import kernel_scales, strides
+from fusedscan.utils.launch import (
+    LaunchPlan, SignatureCache, kernel_scales, launch_signature, strides,
+)
 
 # Visited positions between saved states (the backward pass recomputes one chunk at a time).
 CHUNK_SIZE = 32 if INTERPRETED else 2048
@@ -157,8 +160,10 @@ def load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0, ds
 def start_states(n0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, seg_rows,
                   seg_dsum_ptr, seg_states_ptr, A_rows, stride_A_n, a_scale_rows, stride_as_n,
                   flags, a_mult, NG: tl.constexpr, STATE_ONLY: tl.constexpr):
-    """States n0 .. n0+NG-1 entering segment `seg`."""
+    """States n0 .. n0+NG-1 entering segment `seg`. The earlier segments are folded in one
+    after another, all states at once, so that one segment's loads wait once."""
     hs = ()
+    As = ()
     for i in tl.static_range(NG):
         n = n0 + i
         ok = row_ok & (n < dstate)
@@ -167,13 +172,17 @@ def start_states(n0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, seg_rows,
         else:
             h = tl.load(h0_rows + n * stride_h0_n, mask=ok & ((flags & FLAG_INITIAL_STATE) != 0),
                         other=0.0)
-            A_n = load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n, ok)
-            for s in range(seg):
-                dsum = tl.load(seg_dsum_ptr + seg_rows + s * dim, mask=ok, other=0.0)
-                h_end = tl.load(seg_states_ptr + (seg_rows + s * dim) * dstate + n, mask=ok,
-                                other=0.0)
-                h = tl.exp2(A_n * dsum) * h + h_end
         hs = hs + (h,)
+        As = As + (load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n, ok),)
+    if not STATE_ONLY:
+        for s in range(seg):
+            dsum = tl.load(seg_dsum_ptr + seg_rows + s * dim, mask=row_ok, other=0.0)
+            end_rows = seg_states_ptr + (seg_rows + s * dim) * dstate
+            folded = ()
+            for i in tl.static_range(NG):
+                h_end = tl.load(end_rows + n0 + i, mask=row_ok & (n0 + i < dstate), other=0.0)
+                folded = folded + (tl.exp2(As[i] * dsum) * hs[i] + h_end,)
+            hs = folded
     return hs
 
 
@@ -255,9 +264,9 @@ def scan_tile(
 def selective_scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
     a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, h0_ptr,
-    out_ptr, last_state_ptr, chunk_states_ptr, scratch_ptr,
+    out_ptr, last_state_ptr, chunk_states_ptr, scratch_ptr, delta_mult, a_mult,
     dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_segs, seg_tiles,
-    n_groups, delta_mult, a_mult, flags,
+    n_groups, flags,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
@@ -271,7 +280,9 @@ def selective_scan_fwd_kernel(
     MULTI_GROUP: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
     B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, STATE_ONLY: tl.constexpr,
 ):
-    """Grid (batch · n_dblocks, segments). out (batch, dim, nvisit) is contiguous. With
+    """Grid (batch · n_dblocks, segments). The arguments up to a_mult change from call to call
+    (FWD_DYNAMIC_ARGS), the others are fixed by the inputs' shapes, strides and options.
+    out (batch, dim, nvisit) is contiguous. With
     STATE_ONLY, writes each segment's end state from a zero start and its ΣΔ̂ to the scratch;
     otherwise writes out, chunk_states (batch, dim, ⌈nvisit / CHUNK⌉, N) and, from the last
     segment, last_state (batch, dim, N). The scratch holds seg_states (batch, n_segs, dim, N)
@@ -426,15 +437,26 @@ def forward_config(u, delta, channels_per_group, batch, dim, nvisit):
     return block_d, block_t, segments, warps, maxnreg
 
 
-def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size=None,
-                       block_d=None, block_t=None, num_segments=None, num_warps=None,
-                       maxnreg=None):
-    """Launches the forward kernels on checked inputs (opts: ScanOptions, layout: BCLayout;
-    the other keywords force a launch configuration).
+# Arguments of selective_scan_fwd_kernel that change from call to call (the leading ones).
+FWD_DYNAMIC_ARGS = 19
+# ForwardPlans by the inputs' launch_signature, layout and tuning.
+FORWARD_PLANS = SignatureCache()
 
-    Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N) and chunk_states
-    (batch, dim, ⌈K/chunk_size⌉, N), the state entering every chunk; states have A's dtype
-    (float32, or float64 for float64 inputs)."""
+
+class ForwardPlan(NamedTuple):
+    """What selective_scan_fwd decides from the inputs' signature: the launches (the state-only
+    pass when positions are split into segments, then the main pass) and the sizes of what it
+    allocates."""
+    launches: tuple
+    nvisit: int
+    n_chunks: int
+    scratch_size: int  # 0: no scratch needed
+
+
+def forward_plan(u, delta, A, B, C, opts, layout, tuning):
+    """The ForwardPlan of selective_scan_fwd for these inputs (B and C as the kernel reads
+    them) and tuning (chunk_size, block_d, block_t, num_segments, num_warps, maxnreg)."""
+    chunk_size, block_d, block_t, num_segments, num_warps, maxnreg = tuning
     batch, dim, L = u.shape
     dstate = A.shape[1]
     keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
@@ -458,59 +480,80 @@ def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size
     # States per unrolled group: all of them when N <= MAX_GROUP, else groups of at most
     # MAX_GROUP carried through the scratch between tiles.
     n_groups = triton.cdiv(dstate, MAX_GROUP)
-
-    dev, acc = u.device, A.dtype
-    # The kernel reads variable B and C by visited index (vector loads): gather the kept ones.
-    if keep_idx is not None:
-        B, C = (kept_bc(M, keep_idx, L) if variable else M
-                for M, variable in ((B, layout.B_variable), (C, layout.C_variable)))
-    out = torch.empty((batch, dim, nvisit), dtype=u.dtype, device=dev)
-    last_state = torch.empty((batch, dim, dstate), dtype=acc, device=dev)
-    chunk_states = torch.empty((batch, dim, triton.cdiv(nvisit, chunk_size), dstate), dtype=acc,
-                               device=dev)
     # The kernel's scratch: seg_states and seg_dsum, then the carries of several state groups.
+    scratch_size = 0
     if segs > 1 or n_groups > 1:
-        scratch = torch.empty(batch * segs * dim * (dstate + 1) + (
-            batch * n_dblocks * segs * 2 * block_d * dstate if n_groups > 1 else 0), dtype=acc,
-            device=dev)
-    else:
-        scratch = last_state  # never touched
-    delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim,
-                                                             dstate)
-    args = dict(
-        u_ptr=u, delta_ptr=delta, A_ptr=A, B_ptr=B, C_ptr=C,
-        # Absent inputs are never read (their flag is off); A stands in with their dtype.
-        D_ptr=opts.D if opts.D is not None else A, z_ptr=z if z is not None else A,
-        delta_bias_ptr=opts.delta_bias if opts.delta_bias is not None else A,
-        delta_scale_ptr=delta_scale if delta_scale is not None else A,
-        a_scale_ptr=a_scale if a_scale is not None else A,
-        delta_threshold_ptr=opts.delta_threshold if opts.delta_threshold is not None else A,
-        keep_idx_ptr=keep_idx if keep_idx is not None else A, h0_ptr=h0 if h0 is not None else A,
-        out_ptr=out, last_state_ptr=last_state, chunk_states_ptr=chunk_states,
-        scratch_ptr=scratch,
+        scratch_size = batch * segs * dim * (dstate + 1) + (
+            batch * n_dblocks * segs * 2 * block_d * dstate if n_groups > 1 else 0)
+    _, delta_scale, _, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim, dstate)
+    static = dict(
         dim=dim, dstate=dstate, seqlen=L, nvisit=nvisit, dim_per_group_B=dim // layout.B_groups,
         dim_per_group_C=dim // layout.C_groups, n_dblocks=n_dblocks, n_segs=segs,
-        seg_tiles=seg_tiles, n_groups=n_groups, delta_mult=delta_mult, a_mult=a_mult,
+        seg_tiles=seg_tiles, n_groups=n_groups,
         flags=option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
                            opts.delta_threshold, h0),
     )
-    (args["stride_u_b"], args["stride_u_d"], args["stride_u_l"]) = u.stride()
-    (args["stride_delta_b"], args["stride_delta_d"], args["stride_delta_l"]) = delta.stride()
-    (args["stride_z_b"], args["stride_z_d"], args["stride_z_l"]) = strides(z, 3)
-    (args["stride_A_d"], args["stride_A_n"]) = A.stride()
-    (args["stride_B_b"], args["stride_B_g"], args["stride_B_n"],
-     args["stride_B_l"]) = bc_strides(B, layout.B_variable)
-    (args["stride_C_b"], args["stride_C_g"], args["stride_C_n"],
-     args["stride_C_l"]) = bc_strides(C, layout.C_variable)
-    (args["stride_as_d"], args["stride_as_n"]) = strides(a_scale, 2)
-    (args["stride_keep_b"], args["stride_keep_k"]) = strides(keep_idx, 2)
-    (args["stride_h0_b"], args["stride_h0_d"], args["stride_h0_n"]) = strides(h0, 3)
-    args.update(
+    (static["stride_u_b"], static["stride_u_d"], static["stride_u_l"]) = u.stride()
+    (static["stride_delta_b"], static["stride_delta_d"], static["stride_delta_l"]) = delta.stride()
+    (static["stride_z_b"], static["stride_z_d"], static["stride_z_l"]) = strides(z, 3)
+    (static["stride_A_d"], static["stride_A_n"]) = A.stride()
+    (static["stride_B_b"], static["stride_B_g"], static["stride_B_n"],
+     static["stride_B_l"]) = bc_strides(B, layout.B_variable)
+    (static["stride_C_b"], static["stride_C_g"], static["stride_C_n"],
+     static["stride_C_l"]) = bc_strides(C, layout.C_variable)
+    (static["stride_as_d"], static["stride_as_n"]) = strides(a_scale, 2)
+    (static["stride_keep_b"], static["stride_keep_k"]) = strides(keep_idx, 2)
+    (static["stride_h0_b"], static["stride_h0_d"], static["stride_h0_n"]) = strides(h0, 3)
+    static.update(
         CHUNK=chunk_size, BLOCK_D=block_d, BLOCK_T=block_t, NG=triton.cdiv(dstate, n_groups),
         MULTI_GROUP=n_groups > 1, HAS_Z=z is not None, HAS_KEEP_IDX=keep_idx is not None,
         B_VARIABLE=layout.B_variable, C_VARIABLE=layout.C_variable, num_warps=num_warps,
         **({"maxnreg": maxnreg} if maxnreg else {}))
-    if segs > 1:
-        selective_scan_fwd_kernel[(batch * n_dblocks, segs - 1)](**args, STATE_ONLY=True)
-    selective_scan_fwd_kernel[(batch * n_dblocks, segs)](**args, STATE_ONLY=False)
+    device = u.get_device()
+    launches = tuple(
+        LaunchPlan(selective_scan_fwd_kernel, (batch * n_dblocks, n), FWD_DYNAMIC_ARGS, device,
+                   **static, STATE_ONLY=state_only)
+        for state_only, n in ((True, segs - 1), (False, segs)) if n > 0)
+    return ForwardPlan(launches, nvisit, triton.cdiv(nvisit, chunk_size), scratch_size)
+
+
+def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size=None,
+                       block_d=None, block_t=None, num_segments=None, num_warps=None,
+                       maxnreg=None):
+    """Launches the forward kernels on checked inputs (opts: ScanOptions, layout: BCLayout;
+    the other keywords force a launch configuration). The launch configuration is worked out
+    once per signature of the inputs (shapes, strides, dtypes, alignment, options) and kept.
+
+    Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N) and chunk_states
+    (batch, dim, ⌈K/chunk_size⌉, N), the state entering every chunk; states have A's dtype
+    (float32, or float64 for float64 inputs)."""
+    if not INTERPRETED and u.get_device() != torch.cuda.current_device():
+        with torch.cuda.device(u.device):
+            return selective_scan_fwd(u, delta, A, B, C, opts, layout, chunk_size=chunk_size,
+                                      block_d=block_d, block_t=block_t,
+                                      num_segments=num_segments, num_warps=num_warps,
+                                      maxnreg=maxnreg)
+    keep_idx = opts.keep_idx
+    # The kernel reads variable B and C by visited index (vector loads): gather the kept ones.
+    if keep_idx is not None:
+        B, C = (kept_bc(M, keep_idx, u.shape[2]) if variable else M
+                for M, variable in ((B, layout.B_variable), (C, layout.C_variable)))
+    tuning = (chunk_size, block_d, block_t, num_segments, num_warps, maxnreg)
+    plan = FORWARD_PLANS.get_or_build(
+        (launch_signature(u, delta, A, B, C, *opts), layout, tuning),
+        lambda: forward_plan(u, delta, A, B, C, opts, layout, tuning))
+    batch, dim, _ = u.shape
+    dstate = A.shape[1]
+    out = u.new_empty((batch, dim, plan.nvisit))
+    last_state = A.new_empty((batch, dim, dstate))
+    chunk_states = A.new_empty((batch, dim, plan.n_chunks, dstate))
+    scratch = A.new_empty(plan.scratch_size) if plan.scratch_size else last_state
+    delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim,
+                                                             dstate)
+    # Absent inputs are never read (their flag is off); A stands in with their dtype.
+    args = (u, delta, A, B, C, *(A if x is None else x for x in (
+        opts.D, opts.z, opts.delta_bias, delta_scale, a_scale, opts.delta_threshold, keep_idx,
+        opts.initial_state)), out, last_state, chunk_states, scratch, delta_mult, a_mult)
+    for launch in plan.launches:
+        launch(*args)
     return out, last_state, chunk_states

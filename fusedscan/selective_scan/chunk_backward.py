@@ -34,6 +34,7 @@ S_s = Σ_{m≤s} Δ̂_m inside a tile,
 """
 
 import math
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -48,7 +49,9 @@ from fusedscan.utils.kernels import (
     FLAG_DLAST, FLAG_INITIAL_STATE, FLAG_SOFTPLUS, LN2, LOG2E, channel_params, delta_hat, load_A,
     load_D, option_flags, scan_combine,
 )
-from fusedscan.utils.launch import kernel_scales, strides
+from fusedscan.utils.launch import (
+    LaunchPlan, SignatureCache, kernel_scales, launch_signature, strides,
+)
 
 # Positions per tile of the backward kernels.
 BWD_BLOCK_T = 16 if INTERPRETED else 128
@@ -123,9 +126,9 @@ def _range_tile(j0, j_hi, seqlen, hs, As, n0, dstate, rows, row_ok, cols, u_rows
 @triton.jit(do_not_specialize=["flags", "n_dblocks", "n_chunks", "n_ranges", "n_groups"])
 def bwd_range_states_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
-    delta_threshold_ptr, keep_idx_ptr, chunk_states_ptr, range_states_ptr,
+    delta_threshold_ptr, keep_idx_ptr, chunk_states_ptr, range_states_ptr, delta_mult, a_mult,
     dim, dstate, seqlen, nvisit, dim_per_group_B, n_dblocks, n_chunks, n_ranges, range_len,
-    n_groups, delta_mult, a_mult, flags,
+    n_groups, flags,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_A_d, stride_A_n,
@@ -200,9 +203,9 @@ def _carry_tile(k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta
 @triton.jit(do_not_specialize=["flags", "n_dblocks", "n_tiles", "n_groups"])
 def bwd_grad_carries_kernel(
     delta_ptr, A_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
-    delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, gcarry_ptr, dh0_ptr,
-    dim, dstate, seqlen, nvisit, dim_per_group_C, n_dblocks, n_tiles, n_groups, delta_mult,
-    a_mult, flags,
+    delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, gcarry_ptr, dh0_ptr, delta_mult,
+    a_mult,
+    dim, dstate, seqlen, nvisit, dim_per_group_C, n_dblocks, n_tiles, n_groups, flags,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
     stride_dout_b, stride_dout_d, stride_dout_l,
@@ -387,11 +390,9 @@ def _bwd_tile(
 def bwd_main_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
     a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, range_states_ptr, gcarry_ptr,
-    carry_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr,
+    carry_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr, delta_mult, a_mult,
     dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, dim_per_cgroup, n_cgroups,
-    n_ranges,
-    range_len, n_tiles, n_groups, delta_mult, a_mult,
-    flags,
+    n_ranges, range_len, n_tiles, n_groups, flags,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
@@ -546,17 +547,34 @@ def _bc_grad(partial, M, variable, groups, keep_idx):
     return grad.to(M.dtype)
 
 
-def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, *,
-                       chunk_size=None, block_d=None, block_t=None, range_length=None,
-                       channel_splits=None, num_warps=4):
-    """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
-    chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None;
-    the keywords force a launch configuration.
+# Leading arguments of each backward kernel that change from call to call (tensors and the
+# scale multipliers); the others are fixed by the inputs' signature.
+RANGE_STATES_DYNAMIC_ARGS = 13
+GRAD_CARRIES_DYNAMIC_ARGS = 15
+MAIN_DYNAMIC_ARGS = 25
+# BackwardPlans by the inputs' launch_signature, layout and tuning.
+BACKWARD_PLANS = SignatureCache()
 
-    Returns the gradients of GRAD_INPUTS (u, delta, A, B, C, D, z, delta_bias, initial_state,
-    delta_scale, a_scale), each in its input's dtype and shape, None for an absent input or a
-    float scale. With keep_idx the gradients of u, delta, z and variable B, C have full length
-    L, zero at the positions not kept."""
+
+class BackwardPlan(NamedTuple):
+    """What selective_scan_bwd decides from the inputs' signature: its three launches (the
+    first None when range_len = CHUNK) and the shapes of what it allocates."""
+    range_states: Optional[LaunchPlan]
+    grad_carries: LaunchPlan
+    main: LaunchPlan
+    range_states_shape: Optional[tuple]
+    gcarry_shape: tuple
+    dA_shape: tuple
+    dB_shape: tuple
+    dC_shape: tuple
+    dchan_shape: tuple
+    carry_size: int
+
+
+def backward_plan(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, tuning):
+    """The BackwardPlan of selective_scan_bwd for these inputs and tuning (chunk_size, block_d,
+    block_t, range_length, channel_splits, num_warps)."""
+    chunk_size, block_d, block_t, range_length, channel_splits, num_warps = tuning
     batch, dim, L = u.shape
     dstate = A.shape[1]
     keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
@@ -588,24 +606,16 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     n_dblocks = triton.cdiv(dim, block_d)
     n_groups = triton.cdiv(dstate, MAX_GROUP)
     group = triton.cdiv(dstate, n_groups)
-    dev, acc = u.device, A.dtype
-    delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim,
-                                                             dstate)
-    dh0 = torch.empty((batch, dim, dstate), dtype=acc, device=dev) if h0 is not None else None
+    _, delta_scale, _, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim, dstate)
     flags = option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
                          opts.delta_threshold, h0, dlast)
+    device = u.get_device()
 
-    def present(x):
-        return x if x is not None else A
-
-    params = dict(delta_bias_ptr=present(opts.delta_bias), delta_scale_ptr=present(delta_scale),
-                  a_scale_ptr=present(a_scale), delta_threshold_ptr=present(opts.delta_threshold),
-                  keep_idx_ptr=present(keep_idx), dim=dim, dstate=dstate, seqlen=L, nvisit=nvisit,
-                  delta_mult=delta_mult, a_mult=a_mult, flags=flags)
-    params.update(zip(("stride_as_d", "stride_as_n"), strides(a_scale, 2)))
-    params.update(zip(("stride_keep_b", "stride_keep_k"), strides(keep_idx, 2)))
-    params.update(zip(("stride_A_d", "stride_A_n"), A.stride()))
-    params.update(zip(("stride_delta_b", "stride_delta_d", "stride_delta_l"), delta.stride()))
+    common = dict(dim=dim, dstate=dstate, seqlen=L, nvisit=nvisit, flags=flags)
+    common.update(zip(("stride_as_d", "stride_as_n"), strides(a_scale, 2)))
+    common.update(zip(("stride_keep_b", "stride_keep_k"), strides(keep_idx, 2)))
+    common.update(zip(("stride_A_d", "stride_A_n"), A.stride()))
+    common.update(zip(("stride_delta_b", "stride_delta_d", "stride_delta_l"), delta.stride()))
     u_strides = dict(zip(("stride_u_b", "stride_u_d", "stride_u_l"), u.stride()))
     B_strides = dict(zip(("stride_B_b", "stride_B_g", "stride_B_n", "stride_B_l"),
                          bc_strides(B, layout.B_variable)))
@@ -613,59 +623,104 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
                          bc_strides(C, layout.C_variable)))
     z_strides = dict(zip(("stride_z_b", "stride_z_d", "stride_z_l"), strides(z, 3)))
     dout_strides = dict(zip(("stride_dout_b", "stride_dout_d", "stride_dout_l"), dout.stride()))
-    flags_c = dict(BLOCK_T=block_t, HAS_KEEP_IDX=keep_idx is not None, num_warps=num_warps)
+    consts = dict(BLOCK_T=block_t, HAS_KEEP_IDX=keep_idx is not None, num_warps=num_warps)
+
+    range_states = None
+    if range_len != chunk_size:
+        range_states = LaunchPlan(
+            bwd_range_states_kernel, (batch * n_dblocks, n_chunks), RANGE_STATES_DYNAMIC_ARGS,
+            device, dim_per_group_B=dim // layout.B_groups, n_dblocks=n_dblocks,
+            n_chunks=n_chunks, n_ranges=n_ranges, range_len=range_len, n_groups=n_groups,
+            **common, **u_strides, **B_strides, CHUNK=chunk_size, BLOCK_D=block_d, NG=group,
+            B_VARIABLE=layout.B_variable, **consts)
+    grad_carries = LaunchPlan(
+        bwd_grad_carries_kernel, (batch * n_dblocks,), GRAD_CARRIES_DYNAMIC_ARGS, device,
+        dim_per_group_C=dim // layout.C_groups, n_dblocks=n_dblocks, n_tiles=n_tiles,
+        n_groups=n_groups, **common, **z_strides, **dout_strides, **C_strides,
+        **dict(zip(("stride_dlast_b", "stride_dlast_d", "stride_dlast_n"), strides(dlast, 3))),
+        BLOCK_D=block_d, NG=group, HAS_Z=z is not None, C_VARIABLE=layout.C_variable, **consts)
+    # du, ddelta and dz are allocated contiguous, like their inputs' shapes.
+    rows = batch * n_ranges
+    main = LaunchPlan(
+        bwd_main_kernel, (rows, n_cgroups), MAIN_DYNAMIC_ARGS, device,
+        dim_per_group_B=dim // layout.B_groups, dim_per_group_C=dim // layout.C_groups,
+        dim_per_cgroup=per_cgroup, n_cgroups=n_cgroups, n_ranges=n_ranges, range_len=range_len,
+        n_tiles=n_tiles, n_groups=dstate, **common, **u_strides, **z_strides, **dout_strides,
+        **B_strides, **C_strides,
+        **dict(zip(("stride_du_b", "stride_du_d", "stride_du_l"), _contiguous_strides(u.shape))),
+        **dict(zip(("stride_ddelta_b", "stride_ddelta_d", "stride_ddelta_l"),
+                   _contiguous_strides(delta.shape))),
+        **dict(zip(("stride_dz_b", "stride_dz_d", "stride_dz_l"),
+                   _contiguous_strides(z.shape) if z is not None else (0, 0, 0))),
+        BLOCK_D=block_d, NG=1, HAS_Z=z is not None, B_VARIABLE=layout.B_variable,
+        C_VARIABLE=layout.C_variable, **consts)
+    return BackwardPlan(
+        range_states, grad_carries, main,
+        (batch, dim, n_ranges, dstate) if range_states is not None else None,
+        (batch, dim, n_tiles, dstate), (rows, dim, dstate),
+        (batch, n_cgroups, dstate, nvisit) if layout.B_variable else (rows, dim, dstate),
+        (batch, n_cgroups, dstate, nvisit) if layout.C_variable else (rows, dim, dstate),
+        (rows, 3, dim), rows * n_cgroups * 2 * block_d * dstate)
+
+
+def _contiguous_strides(shape):
+    batch, dim, L = shape
+    return dim * L, L, 1
+
+
+def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, *,
+                       chunk_size=None, block_d=None, block_t=None, range_length=None,
+                       channel_splits=None, num_warps=4):
+    """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
+    chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None;
+    the keywords force a launch configuration, worked out once per signature of the inputs.
+
+    Returns the gradients of GRAD_INPUTS (u, delta, A, B, C, D, z, delta_bias, initial_state,
+    delta_scale, a_scale), each in its input's dtype and shape, None for an absent input or a
+    float scale. With keep_idx the gradients of u, delta, z and variable B, C have full length
+    L, zero at the positions not kept."""
+    if not INTERPRETED and u.get_device() != torch.cuda.current_device():
+        with torch.cuda.device(u.device):
+            return selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states,
+                                      chunk_size=chunk_size, block_d=block_d, block_t=block_t,
+                                      range_length=range_length, channel_splits=channel_splits,
+                                      num_warps=num_warps)
+    tuning = (chunk_size, block_d, block_t, range_length, channel_splits, num_warps)
+    plan = BACKWARD_PLANS.get_or_build(
+        (launch_signature(dout, dlast, u, delta, A, B, C, chunk_states, *opts), layout, tuning),
+        lambda: backward_plan(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, tuning))
+    keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
+    delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale,
+                                                             *A.shape)
+    dh0 = A.new_empty(h0.shape) if h0 is not None else None
+    absent = [A if x is None else x for x in (opts.delta_bias, delta_scale, a_scale,
+                                             opts.delta_threshold, keep_idx)]
 
     # 1. The state entering every range.
-    if range_len == chunk_size:
-        range_states = chunk_states
-    else:
-        range_states = torch.empty((batch, dim, n_ranges, dstate), dtype=acc, device=dev)
-        bwd_range_states_kernel[(batch * n_dblocks, n_chunks)](
-            u_ptr=u, delta_ptr=delta, A_ptr=A, B_ptr=B, chunk_states_ptr=chunk_states,
-            range_states_ptr=range_states, dim_per_group_B=dim // layout.B_groups,
-            n_dblocks=n_dblocks, n_chunks=n_chunks, n_ranges=n_ranges, range_len=range_len,
-            n_groups=n_groups, **params, **u_strides, **B_strides, CHUNK=chunk_size,
-            BLOCK_D=block_d, NG=group, B_VARIABLE=layout.B_variable, **flags_c)
+    range_states = chunk_states
+    if plan.range_states is not None:
+        range_states = A.new_empty(plan.range_states_shape)
+        plan.range_states(u, delta, A, B, *absent, chunk_states, range_states, delta_mult, a_mult)
 
     # 2. The gradient entering every tile from the right, and ∂L/∂initial_state.
-    gcarry = torch.empty((batch, dim, n_tiles, dstate), dtype=acc, device=dev)
-    bwd_grad_carries_kernel[(batch * n_dblocks,)](
-        delta_ptr=delta, A_ptr=A, C_ptr=C, z_ptr=present(z), dout_ptr=dout,
-        dlast_ptr=present(dlast), gcarry_ptr=gcarry, dh0_ptr=present(dh0),
-        dim_per_group_C=dim // layout.C_groups, n_dblocks=n_dblocks, n_tiles=n_tiles,
-        n_groups=n_groups, **params, **z_strides, **dout_strides, **C_strides,
-        **dict(zip(("stride_dlast_b", "stride_dlast_d", "stride_dlast_n"), strides(dlast, 3))),
-        BLOCK_D=block_d, NG=group, HAS_Z=z is not None, C_VARIABLE=layout.C_variable, **flags_c)
+    gcarry = A.new_empty(plan.gcarry_shape)
+    plan.grad_carries(delta, A, C, A if z is None else z, *absent, dout,
+                      A if dlast is None else dlast, gcarry, A if dh0 is None else dh0,
+                      delta_mult, a_mult)
 
-    # 3. Everything else.
-    def grad_like(x):
-        # With keep_idx only the kept positions are written; the rest of the gradient is zero.
-        make = torch.zeros if keep_idx is not None else torch.empty
-        return make(x.shape, dtype=x.dtype, device=dev)
-
-    du, ddelta = grad_like(u), grad_like(delta)
-    dz = grad_like(z) if z is not None else None
-    rows = batch * n_ranges
-    dA = torch.zeros((rows, dim, dstate), dtype=acc, device=dev)
-    dB = torch.zeros((batch, n_cgroups, dstate, nvisit) if layout.B_variable else
-                     (rows, dim, dstate), dtype=acc, device=dev)
-    dC = torch.zeros((batch, n_cgroups, dstate, nvisit) if layout.C_variable else
-                     (rows, dim, dstate), dtype=acc, device=dev)
-    dchan = torch.empty((rows, 3, dim), dtype=acc, device=dev)
-    carry = torch.empty((rows * n_cgroups * 2 * block_d * dstate,), dtype=acc, device=dev)
-    bwd_main_kernel[(rows, n_cgroups)](
-        u_ptr=u, delta_ptr=delta, A_ptr=A, B_ptr=B, C_ptr=C, D_ptr=present(opts.D),
-        z_ptr=present(z), dout_ptr=dout, range_states_ptr=range_states, gcarry_ptr=gcarry,
-        carry_ptr=carry, du_ptr=du, ddelta_ptr=ddelta, dz_ptr=present(dz), dA_ptr=dA, dB_ptr=dB,
-        dC_ptr=dC, dchan_ptr=dchan, dim_per_group_B=dim // layout.B_groups,
-        dim_per_group_C=dim // layout.C_groups, dim_per_cgroup=per_cgroup, n_cgroups=n_cgroups,
-        n_ranges=n_ranges, range_len=range_len, n_tiles=n_tiles, n_groups=dstate, **params,
-        **u_strides, **z_strides, **dout_strides, **B_strides, **C_strides,
-        **dict(zip(("stride_du_b", "stride_du_d", "stride_du_l"), du.stride())),
-        **dict(zip(("stride_ddelta_b", "stride_ddelta_d", "stride_ddelta_l"), ddelta.stride())),
-        **dict(zip(("stride_dz_b", "stride_dz_d", "stride_dz_l"), strides(dz, 3))),
-        BLOCK_D=block_d, NG=1, HAS_Z=z is not None, B_VARIABLE=layout.B_variable,
-        C_VARIABLE=layout.C_variable, **flags_c)
+    # 3. Everything else. With keep_idx only the kept positions of du, ddelta and dz are
+    # written; the rest of the gradient is zero.
+    grad_like = torch.zeros_like if keep_idx is not None else torch.empty_like
+    du, ddelta = (grad_like(x, memory_format=torch.contiguous_format) for x in (u, delta))
+    dz = grad_like(z, memory_format=torch.contiguous_format) if z is not None else None
+    dA = A.new_zeros(plan.dA_shape)
+    dB = A.new_zeros(plan.dB_shape)
+    dC = A.new_zeros(plan.dC_shape)
+    dchan = A.new_empty(plan.dchan_shape)
+    carry = A.new_empty(plan.carry_size)
+    plan.main(u, delta, A, B, C, A if opts.D is None else opts.D, A if z is None else z, *absent,
+              dout, range_states, gcarry, carry, du, ddelta, A if dz is None else dz, dA, dB, dC,
+              dchan, delta_mult, a_mult)
 
     # Sums over the programs, in a fixed order.
     dA_eff = dA.sum(0)

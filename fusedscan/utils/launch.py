@@ -1,8 +1,10 @@
 """Host-side helpers of the kernel launchers: scales as kernel arguments, strides of optional
-tensors."""
+tensors, and launch plans that skip Triton's per-call launch work."""
 
 import torch
+import triton
 
+from fusedscan.utils.device import INTERPRETED
 from fusedscan.utils.kernels import LOG2E
 
 
@@ -37,3 +39,82 @@ def split_scale(scale):
 def join_scale(tensor, number):
     """The inverse of split_scale."""
     return tensor if tensor is not None else number
+
+
+def launch_signature(*xs):
+    """What a launch plan depends on in the given arguments: a tensor's dtype, shape, strides,
+    device (a CUDA device by its index: torch.device objects are slow to make) and 16-byte
+    alignment (Triton specializes pointers on it); None and bools as they are; any other value
+    by its type only (numbers reach the kernels as per-call values)."""
+    return tuple((x.dtype, x.shape, x.stride(), x.get_device() if x.is_cuda else x.device,
+                  x.data_ptr() % 16 == 0)
+                 if isinstance(x, torch.Tensor) else x if x is None or x is True or x is False
+                 else type(x) for x in xs)
+
+
+class SignatureCache(dict):
+    """Results (launch plans, checked layouts) by launch_signature, all dropped at once past
+    `limit` entries (a model sees a few signatures; a stream of new sequence lengths must not
+    grow memory without bound). A build that raises stores nothing."""
+
+    def __init__(self, limit=1024):
+        super().__init__()
+        self.limit = limit
+
+    def get_or_build(self, key, build):
+        plan = self.get(key)
+        if plan is None:
+            if len(self) >= self.limit:
+                self.clear()
+            plan = self[key] = build()
+        return plan
+
+
+_stream_of = None
+
+
+def _current_stream(device):
+    global _stream_of
+    if _stream_of is None:
+        _stream_of = triton.runtime.driver.active.get_current_stream
+    return _stream_of(device)
+
+
+def _hooked(hook):
+    """Whether a Triton launch hook (None, a function or a HookChain of them) does anything."""
+    return getattr(hook, "calls", hook) not in (None, [])
+
+
+class LaunchPlan:
+    """One launch of a Triton kernel whose arguments after the first `dynamic` are fixed.
+
+    The first call launches through Triton (compiling if needed) with keyword arguments; later
+    calls hand the per-call arguments straight to the compiled kernel's launcher, skipping
+    Triton's per-call binding, specialization and cache lookup (tens of µs per launch:
+    docs/kernel-log.md). This is right only while every argument that Triton specializes on is
+    the same as at the first call: the caller keys its plans by the launch_signature of every
+    tensor it passes and by everything the fixed arguments were computed from. Under Triton's
+    interpreter, or with a launch hook installed (a profiler), every call goes through Triton."""
+
+    def __init__(self, kernel, grid, dynamic, device, **static):
+        names = kernel.arg_names
+        self.kernel, self.names, self.device = kernel, names, device
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.static = tuple(static.pop(n) for n in names[dynamic:])
+        self.options = static  # launch options: num_warps, maxnreg
+        self.compiled = None
+
+    def __call__(self, *args):
+        c = self.compiled
+        if c is not None and not _hooked(triton.knobs.runtime.launch_enter_hook) \
+                and not _hooked(triton.knobs.runtime.launch_exit_hook):
+            c.run(*self.grid, _current_stream(self.device), c.function, c.packed_metadata, None,
+                  None, None, *args, *self.static)
+            return
+        c = self.launch_through_triton(*args)
+        if not INTERPRETED:
+            self.compiled = c.result() if hasattr(c, "result") else c
+
+    def launch_through_triton(self, *args):
+        """The same launch by Triton's own path; returns what Triton returns."""
+        return self.kernel[self.grid](**dict(zip(self.names, args + self.static)), **self.options)
