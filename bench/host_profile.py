@@ -7,16 +7,21 @@ forward+backward:
 - isolated: synchronize, call, synchronize (what a model layer sees), median of 200;
 - host: the wall time from the call to its return with the queue drained first (nothing in
   the call waits for the GPU, so this is the host's own cost);
-- queued: triton.testing.do_bench (CUDA events, calls back to back), the kernels' own time.
-Then the stages of one forward call, each timed alone the same way (median of 500): the
-argument checks, the launcher (allocations and launches), each kernel launch replayed with
-its recorded arguments through its launch plan and through Triton's own launch path, and for
-scale a launch of an empty kernel with 4, 24, 48 and 96 arguments and a trivial custom op
+- queued: triton.testing.do_bench (CUDA events, calls back to back), the kernels' own time;
+- paired: isolated and host times of fusedscan and mamba-ssm with their calls interleaved,
+  median of 300 each (the fair comparison on a host whose speed drifts).
+Then the stages of one call, each timed alone the same way (median of 500): the argument
+checks, the forward launcher (allocations and launches), the backward launcher, autograd
+around a trivial function of as many inputs, each kernel launch (forward and backward)
+replayed with its recorded arguments through its launch plan and through Triton's own launch
+path; the host synchronizations of one forward+backward call (torch's sync debug mode); and
+for scale a launch of an empty kernel with 4, 24, 48 and 96 arguments and a trivial custom op
 against a plain autograd.Function.
 """
 
 import argparse
 import os
+import statistics
 import sys
 
 import torch
@@ -27,9 +32,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fusedscan import selective_scan_ext  # noqa: E402
+from fusedscan.selective_scan.chunk_backward import selective_scan_bwd  # noqa: E402
+from fusedscan.selective_scan.options import BCLayout  # noqa: E402
 from fusedscan.utils.launch import LaunchPlan  # noqa: E402
 from scan_cases import ARGS, make_inputs  # noqa: E402
-from timing import host_ms, isolated_ms, write_csv  # noqa: E402
+from timing import host_ms, isolated_ms, paired_times, write_csv  # noqa: E402
 
 SHAPES = [(1, 1536, 512), (1, 1536, 2048)]
 
@@ -133,11 +140,71 @@ def stage_rows(shape):
         rows.append(("stage", "whole call", host_ms(call)))
         with Recorder() as rec:
             call()
-        for plan, a in rec.calls:
-            name = f"{plan.kernel.fn.__name__} grid {plan.grid}"
-            rows.append(("launch", f"{name}, launch plan", host_ms(lambda: plan(*a))))
-            rows.append(("launch", f"{name}, through Triton",
-                         host_ms(lambda: plan.launch_through_triton(*a))))
+    rows += backward_stage_rows(s, args)
+    for plan, a in rec.calls + backward_launches(s, args):
+        name = f"{plan.kernel.fn.__name__} grid {plan.grid}"
+        rows.append(("launch", f"{name}, launch plan", host_ms(lambda: plan(*a))))
+        rows.append(("launch", f"{name}, through Triton",
+                     host_ms(lambda: plan.launch_through_triton(*a))))
+    return rows
+
+
+def _backward_inputs(s, args):
+    from fusedscan.selective_scan.chunk import selective_scan_fwd
+    from fusedscan.selective_scan.options import ScanOptions
+    opts = ScanOptions(*args[5:], True)
+    with torch.no_grad():
+        out, _, chunk_states = selective_scan_fwd(*args[:5], opts)
+    return (s["g_out"], None, *args[:5], opts, BCLayout(), chunk_states)
+
+
+def backward_launches(s, args):
+    """The backward launcher's recorded launches."""
+    bwd_args = _backward_inputs(s, args)
+    with Recorder() as rec:
+        selective_scan_bwd(*bwd_args)
+    return rec.calls
+
+
+def backward_stage_rows(s, args):
+    """The backward launcher alone, autograd around a trivial function of as many inputs, and
+    the host synchronizations one forward+backward call makes (torch's sync debug mode)."""
+    import warnings
+    bwd_args = _backward_inputs(s, args)
+    selective_scan_bwd(*bwd_args)
+    rows = [("stage", "launcher selective_scan_bwd", host_ms(lambda: selective_scan_bwd(*bwd_args)))]
+
+    class Pass(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *xs):
+            return xs[0].new_empty(xs[0].shape)
+
+        @staticmethod
+        def backward(ctx, g):
+            return (g,) + (None,) * (len(args) - 1)
+
+    leaves = [x.detach().requires_grad_() if torch.is_tensor(x) else x for x in args]
+    tensors = [x for x in leaves if torch.is_tensor(x)]
+    grad = torch.ones_like(args[0])
+    rows.append(("stage", "autograd.grad of a trivial Function",
+                 host_ms(lambda: torch.autograd.grad(Pass.apply(*leaves), tensors, grad,
+                                                     allow_unused=True))))
+    grads = [x.detach().requires_grad_() if torch.is_tensor(x) and x.is_floating_point() else x
+             for x in args]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = selective_scan_ext(*grads, True)
+            torch.autograd.grad(out, [x for x in grads if torch.is_tensor(x)], s["g_out"],
+                                allow_unused=True)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message) for w in caught if "synchronizing CUDA operation" in str(w.message)]
+    for m in syncs[:3]:
+        print("host synchronization:", m)
+    rows.append(("stage", "host synchronizations in forward+backward (a count)",
+                 float(len(syncs))))
     return rows
 
 
@@ -164,6 +231,31 @@ def call_rows(shape, scan=selective_scan_ext, label=""):
     return rows
 
 
+def paired_rows(shape, mamba_fn):
+    """Forward and forward+backward of fusedscan and mamba-ssm, their isolated calls
+    interleaved (bench/timing.py paired_times), median of 300 each."""
+    sets = [make_inputs(shape, torch.bfloat16, requires_grad=True) for _ in range(3)]
+    it = iter(range(10**9))
+    rows = []
+    for pass_ in ("forward", "forward_backward"):
+        def call(scan):
+            def run():
+                s = sets[next(it) % 3]
+                if pass_ == "forward":
+                    with torch.no_grad():
+                        return scan(*(s[k] for k in ARGS), True)
+                return torch.autograd.grad(scan(*(s[k] for k in ARGS), True),
+                                           [s[k] for k in ARGS], s["g_out"])
+            run()
+            return run
+        times = paired_times({"fusedscan": call(selective_scan_ext),
+                              "mamba-ssm": call(mamba_fn)}, 300)
+        for name, (walls, hosts) in times.items():
+            rows.append((f"{pass_} paired", f"{name} isolated", statistics.median(walls) * 1e3))
+            rows.append((f"{pass_} paired", f"{name} host", statistics.median(hosts) * 1e3))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", help="write the rows here")
@@ -180,13 +272,15 @@ def main():
         rows += [(sid, *r) for r in call_rows(shape)]
         if mamba_fn is not None:
             rows += [(sid, *r) for r in call_rows(shape, mamba_fn, " mamba-ssm")]
+            rows += [(sid, *r) for r in paired_rows(shape, mamba_fn)]
         rows += [(sid, *r) for r in stage_rows(shape)]
     rows += [("-", *r) for r in launch_cost_rows()]
     rows += [("-", *r) for r in dispatch_rows()]
     if args.csv:
         write_csv(args.csv, [dict(shape=r[0], what=r[1], how=r[2], ms=r[3]) for r in rows])
     for shape, what, how, ms in rows:
-        print(f"{shape:12s} {what:20s} {how:44s} {ms * 1e3:9.1f} us")
+        value = f"{ms:9.0f}" if "count" in how else f"{ms * 1e3:9.1f} us"
+        print(f"{shape:12s} {what:20s} {how:44s} {value}")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,15 @@ DTYPES = [torch.bfloat16, torch.float32]
 # (BLOCK_D, num_warps, maxnreg (0: none)): 32 · warps channels is one channel row per thread.
 FWD_CONFIGS = [(128, 4, 0), (128, 4, 128), (64, 2, 0), (64, 2, 128), (32, 1, 0)]
 PROGRAMS_PER_SM = [1, 2, 4, 8]
-# (BLOCK_D, BLOCK_T, num_warps) with several threads along the positions of a tile (--tiles):
-# the tile's scan crosses threads, so that short sequences need fewer segments. Timed with one
-# segment ("s1") and at the programs per SM above.
-TILE_CONFIGS = [(8, 32, 1), (16, 32, 2), (32, 32, 4), (8, 64, 2), (16, 64, 4), (32, 16, 2),
-                (64, 16, 4)]
+# (BLOCK_D, BLOCK_T, num_warps) with the positions of a tile across threads (--tiles): the
+# tile's scan crosses threads, so that short sequences need fewer segments or none. One to four
+# channels per program, 8 or 16 positions per thread (mamba-ssm's blocks: one channel, up to
+# 2048 positions), each at TILE_SEGMENTS segments; a tile longer than the sequence is skipped.
+# Tiles of 16-64 positions were measured on 2026-11-29
+# (docs/data/sweep_tiles_h200_2026-11-29.csv): not competitive.
+TILE_CONFIGS = [(1, 128, 1), (1, 256, 1), (1, 512, 1), (1, 512, 2), (1, 1024, 4), (1, 2048, 8),
+                (2, 256, 2), (4, 256, 4)]
+TILE_SEGMENTS = [1, 2, 4, 8]
 # (BLOCK_D, BLOCK_T, num_warps) of the backward kernels; (8, 128, 4) is backward v1.
 BWD_CONFIGS = [(8, 128, 4), (32, 8, 1), (64, 8, 2), (128, 8, 4), (32, 16, 2)]
 TILES = False
@@ -51,19 +55,20 @@ def _options(s):
     return ScanOptions(s["D"], s["z"], s["delta_bias"], True)
 
 
-def fwd_cases(batch, dim, sms):
+def fwd_cases(batch, dim, L, sms):
     cases = [("fwd auto", {}), ("fwd d128 w4 s1", dict(num_segments=1))]
     for (block_d, warps, maxnreg), per_sm in itertools.product(FWD_CONFIGS, PROGRAMS_PER_SM):
         segs = triton.cdiv(per_sm * sms, batch * triton.cdiv(dim, block_d))
         cases.append((f"fwd d{block_d} w{warps} r{maxnreg or '-'} p{per_sm}",
                       dict(block_d=block_d, num_warps=warps, maxnreg=maxnreg, num_segments=segs)))
     for block_d, block_t, warps in TILE_CONFIGS if TILES else ():
-        programs = batch * triton.cdiv(dim, block_d)
-        for per_sm in [0] + PROGRAMS_PER_SM:
-            segs = triton.cdiv(per_sm * sms, programs) if per_sm else 1
-            cases.append((f"fwd d{block_d} t{block_t} w{warps} p{per_sm}",
-                          dict(block_d=block_d, block_t=block_t, num_warps=warps, maxnreg=0,
-                               num_segments=segs)))
+        if block_t > L:
+            continue
+        for segs in TILE_SEGMENTS:
+            if segs * block_t <= L:
+                cases.append((f"fwd d{block_d} t{block_t} w{warps} s{segs}",
+                              dict(block_d=block_d, block_t=block_t, num_warps=warps, maxnreg=0,
+                                   num_segments=segs)))
     return cases
 
 
@@ -133,8 +138,10 @@ def main():
     jobs = {}
     for dtype, shape in itertools.product(DTYPES, shapes):
         name = str(dtype).replace("torch.", "")
-        for label, cfg in fwd_cases(shape[0], shape[1], sms):
-            jobs.setdefault(("fwd", name, label.rsplit(" p", 1)[0]), ("fwd", name, shape, cfg))
+        for label, cfg in fwd_cases(*shape, sms):
+            # Segments add the state-only pass: one job with them and one without.
+            jobs.setdefault(("fwd", name, label.rsplit(" p", 1)[0].rsplit(" s", 1)[0],
+                             cfg.get("num_segments", 2) > 1), ("fwd", name, shape, cfg))
         for label, cfg in bwd_cases():
             jobs.setdefault(("bwd", name, label), ("bwd", name, shape, cfg))
     ctx = multiprocessing.get_context("spawn")
@@ -151,7 +158,7 @@ def main():
     for dtype, (batch, dim, L) in itertools.product(DTYPES, shapes):
         sets = [inputs(batch, dim, L, dtype) for _ in range(3)]
         timings = []
-        for label, cfg in fwd_cases(batch, dim, sms):
+        for label, cfg in fwd_cases(batch, dim, L, sms):
             timings.append((label, bench(lambda s: run_fwd(s, cfg), sets)))
         saved = {}
         for k, s in enumerate(sets):

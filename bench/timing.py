@@ -22,6 +22,21 @@ def isolated_times(fn, reps):
     return walls, hosts
 
 
+def paired_times(fns, reps):
+    """isolated_times for several functions at once, their calls interleaved (the order turned
+    around every round) so that a drift of the machine's speed reaches them alike: {name:
+    (walls, hosts)} for fns {name: fn}."""
+    times = {name: ([], []) for name in fns}
+    order = list(fns)
+    for _ in range(reps):
+        for name in order:
+            walls, hosts = isolated_times(fns[name], 1)
+            times[name][0].extend(walls)
+            times[name][1].extend(hosts)
+        order.reverse()
+    return times
+
+
 def isolated_ms(fn, reps=200):
     """Median wall time of one call with the GPU idle before and after (ms)."""
     return 1e3 * statistics.median(isolated_times(fn, reps)[0])

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from fusedscan import selective_scan_ext
-from fusedscan.selective_scan.chunk import CHUNK_SIZE, FORWARD_PLANS, selective_scan_fwd
+from fusedscan.selective_scan.chunk import (
+    CHUNK_SIZE, FORWARD_PLANS, forward_plan, selective_scan_fwd,
+)
+from fusedscan.selective_scan.options import BCLayout
 from reference import forward_tolerance
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import (
@@ -41,6 +44,28 @@ def test_every_combination_of_options(flags):
     """All 2^10 combinations of the options."""
     args, kwargs, dtype, return_last_state = combination_case(flags, SHAPE)
     check(args, kwargs, dtype, return_last_state)
+
+
+# A sequence short enough for the one-pass wide tiles (at most 1024 positions on a GPU, 64 in
+# the interpreter), with channels in several groups of B and C.
+SHORT_SHAPE = (3, 68, 1000, 16) if ON_GPU else (2, 4, 45, 3)
+
+
+@pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=len(OPTIONS))),
+                         ids=option_ids)
+def test_every_combination_of_options_on_a_short_sequence(flags):
+    """All 2^10 combinations again where the launcher takes one channel per program and its
+    positions across a warp, in one pass."""
+    args, kwargs, dtype, return_last_state = combination_case(flags, SHORT_SHAPE)
+    check(args, kwargs, dtype, return_last_state)
+
+
+def test_short_sequences_take_one_pass():
+    batch, dim, L, dstate = SHORT_SHAPE
+    args, kwargs = make_case(batch, dim, L, dstate)
+    u, delta, A, B, C, opts = launcher_args(args, kwargs)
+    plan = forward_plan(u, delta, A, B, C, opts, BCLayout(), (None,) * 6)
+    assert len(plan.launches) == 1 and plan.launches[0].grid[:2] == (batch * dim, 1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

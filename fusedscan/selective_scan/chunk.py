@@ -3,10 +3,12 @@
 One program owns BLOCK_D channels of one batch row and one segment of the visited positions. It
 walks the segment in tiles of BLOCK_T positions; within a tile it runs, for every state n, a
 parallel scan over the tile's positions on the pairs (exp(Δ̂·A), Δ̂·u·B), whose combine is
-(a1, b1) ∘ (a2, b2) = (a1·a2, a2·b1 + b2), and adds C·h to the output. The launcher's tiles
-are 16 bytes of input wide and one channel row per thread, so that scan runs in each thread's
-registers, one position after another. Δ̂ (bias, softplus,
-scale and threshold applied), Δ̂·u and the output stay in registers across the states.
+(a1, b1) ∘ (a2, b2) = (a1·a2, a2·b1 + b2), and adds C·h to the output. The launcher takes two
+shapes of tile: for sequences over 1024 positions, 16 bytes of input wide with one channel row
+per thread, so that the scan runs in each thread's registers, one position after another; for
+shorter ones, one channel and 256 or 512 positions across a warp or two, so that one pass over
+the sequence fills the GPU. Δ̂ (bias, softplus, scale and threshold applied), Δ̂·u and the
+output stay in registers across the states.
 
 States are handled NG at a time, unrolled, with one [BLOCK_D] register vector per state
 carrying its value from tile to tile. When N ≤ NG that is all: no state leaves the registers
@@ -413,14 +415,21 @@ def kept_bc(M, keep_idx, seqlen):
 
 
 def forward_config(u, delta, channels_per_group, batch, dim, nvisit):
-    """(BLOCK_D, BLOCK_T, segments, num_warps, maxnreg). One thread owns one channel row of a
-    tile: BLOCK_T positions of 16 bytes of input, scanned one after another in its registers.
-    With 16-bit inputs a cap of 128 registers (a few spills) lets four programs share an SM.
-    Few channel blocks on a short sequence take blocks of 64 channels (2 warps): twice the
-    programs before positions are split (bench/sweep_forward.py, H200: 1×1536×512 0.23 →
-    0.11 ms)."""
+    """(BLOCK_D, BLOCK_T, segments, num_warps, maxnreg).
+
+    Up to four wide tiles of positions (1024 on a GPU): one channel per program and its tile's
+    positions across one or two warps, 8 per thread (mamba-ssm's block shape), in one pass
+    with no segments (H200, bf16 1×1536×512: 0.052 → 0.032 ms; fp32 0.068 → 0.052 ms;
+    bench/sweep_forward.py --tiles). Longer sequences: one channel row per thread, BLOCK_T
+    positions of 16 bytes of input scanned one after another in its registers. With 16-bit
+    inputs a cap of 128 registers (a few spills) lets four programs share an SM. Few channel
+    blocks on a short sequence take blocks of 64 channels (2 warps): twice the programs before
+    positions are split (1×1536×512 0.23 → 0.11 ms)."""
     size = max(u.element_size(), delta.element_size())
     sms = multiprocessor_count(u.device)
+    if nvisit <= (64 if INTERPRETED else 1024):
+        block_t, warps = (16, 1) if INTERPRETED else (256, 1) if size == 2 else (512, 2)
+        return fit_block_d(1, channels_per_group, dim), block_t, 1, warps, None
     if INTERPRETED:
         block_d, block_t, warps, maxnreg, per_sm = 4, 16, 1, None, 4
     else:
@@ -432,8 +441,12 @@ def forward_config(u, delta, channels_per_group, batch, dim, nvisit):
     block_d = fit_block_d(block_d, channels_per_group, dim)
     programs = batch * triton.cdiv(dim, block_d)
     # Split the positions into segments until about per_sm programs per SM run; each segment
-    # but the first costs one more state-only pass over its positions.
-    segments = max(1, min(triton.cdiv(nvisit, block_t), triton.cdiv(per_sm * sms, programs)))
+    # but the first costs one more state-only pass over its positions. With 16-bit inputs
+    # per_sm programs is what an SM holds (128 registers): rounded down, so that no last,
+    # partial wave of programs runs (H200 bf16 8×1536×2048: 0.617 → 0.454 ms). Unbounded
+    # float32 programs fit two per SM: rounding down measured slower there.
+    fill = per_sm * sms // programs if size == 2 else triton.cdiv(per_sm * sms, programs)
+    segments = max(1, min(triton.cdiv(nvisit, block_t), fill))
     return block_d, block_t, segments, warps, maxnreg
 
 

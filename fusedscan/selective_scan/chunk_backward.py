@@ -50,7 +50,8 @@ from fusedscan.utils.kernels import (
     load_D, option_flags, scan_combine,
 )
 from fusedscan.utils.launch import (
-    LaunchPlan, SignatureCache, kernel_scales, launch_signature, strides,
+    LaunchPlan, SignatureCache, carve, contiguous_strides, kernel_scales, launch_signature,
+    strides,
 )
 
 # Positions per tile of the backward kernels.
@@ -647,11 +648,11 @@ def backward_plan(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, tu
         dim_per_cgroup=per_cgroup, n_cgroups=n_cgroups, n_ranges=n_ranges, range_len=range_len,
         n_tiles=n_tiles, n_groups=dstate, **common, **u_strides, **z_strides, **dout_strides,
         **B_strides, **C_strides,
-        **dict(zip(("stride_du_b", "stride_du_d", "stride_du_l"), _contiguous_strides(u.shape))),
+        **dict(zip(("stride_du_b", "stride_du_d", "stride_du_l"), contiguous_strides(u.shape))),
         **dict(zip(("stride_ddelta_b", "stride_ddelta_d", "stride_ddelta_l"),
-                   _contiguous_strides(delta.shape))),
+                   contiguous_strides(delta.shape))),
         **dict(zip(("stride_dz_b", "stride_dz_d", "stride_dz_l"),
-                   _contiguous_strides(z.shape) if z is not None else (0, 0, 0))),
+                   contiguous_strides(z.shape) if z is not None else (0, 0, 0))),
         BLOCK_D=block_d, NG=1, HAS_Z=z is not None, B_VARIABLE=layout.B_variable,
         C_VARIABLE=layout.C_variable, **consts)
     return BackwardPlan(
@@ -661,11 +662,6 @@ def backward_plan(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, tu
         (batch, n_cgroups, dstate, nvisit) if layout.B_variable else (rows, dim, dstate),
         (batch, n_cgroups, dstate, nvisit) if layout.C_variable else (rows, dim, dstate),
         (rows, 3, dim), rows * n_cgroups * 2 * block_d * dstate)
-
-
-def _contiguous_strides(shape):
-    batch, dim, L = shape
-    return dim * L, L, 1
 
 
 def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, *,
@@ -696,14 +692,18 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     absent = [A if x is None else x for x in (opts.delta_bias, delta_scale, a_scale,
                                              opts.delta_threshold, keep_idx)]
 
+    # Scratch in one buffer, the accumulators of the sums in one zero-filled buffer.
+    range_states, gcarry, dchan, carry = carve(A, (
+        plan.range_states_shape or (0,), plan.gcarry_shape, plan.dchan_shape, (plan.carry_size,)))
+    dA, dB, dC = carve(A, (plan.dA_shape, plan.dB_shape, plan.dC_shape), zeroed=True)
+
     # 1. The state entering every range.
-    range_states = chunk_states
     if plan.range_states is not None:
-        range_states = A.new_empty(plan.range_states_shape)
         plan.range_states(u, delta, A, B, *absent, chunk_states, range_states, delta_mult, a_mult)
+    else:
+        range_states = chunk_states
 
     # 2. The gradient entering every tile from the right, and ∂L/∂initial_state.
-    gcarry = A.new_empty(plan.gcarry_shape)
     plan.grad_carries(delta, A, C, A if z is None else z, *absent, dout,
                       A if dlast is None else dlast, gcarry, A if dh0 is None else dh0,
                       delta_mult, a_mult)
@@ -713,11 +713,6 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     grad_like = torch.zeros_like if keep_idx is not None else torch.empty_like
     du, ddelta = (grad_like(x, memory_format=torch.contiguous_format) for x in (u, delta))
     dz = grad_like(z, memory_format=torch.contiguous_format) if z is not None else None
-    dA = A.new_zeros(plan.dA_shape)
-    dB = A.new_zeros(plan.dB_shape)
-    dC = A.new_zeros(plan.dC_shape)
-    dchan = A.new_empty(plan.dchan_shape)
-    carry = A.new_empty(plan.carry_size)
     plan.main(u, delta, A, B, C, A if opts.D is None else opts.D, A if z is None else z, *absent,
               dout, range_states, gcarry, carry, du, ddelta, A if dz is None else dz, dA, dB, dC,
               dchan, delta_mult, a_mult)
@@ -725,7 +720,11 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     # Sums over the programs, in a fixed order.
     dA_eff = dA.sum(0)
     dchan = dchan.sum(0)
-    grad_A = dA_eff * (a_scale if a_scale is not None else a_mult / LOG2E)
+    grad_A = dA_eff  # ∂L/∂A = ∂L/∂A_eff · a_scale
+    if a_scale is not None:
+        grad_A = dA_eff * a_scale
+    elif opts.a_scale is not None:
+        grad_A = dA_eff * (a_mult / LOG2E)
     grad_a_scale = None
     if torch.is_tensor(opts.a_scale):
         grad_a_scale = (dA_eff * A).sum(1) if opts.a_scale.dim() == 1 else dA_eff * A

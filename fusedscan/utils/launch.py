@@ -1,6 +1,8 @@
 """Host-side helpers of the kernel launchers: scales as kernel arguments, strides of optional
 tensors, and launch plans that skip Triton's per-call launch work."""
 
+import math
+
 import torch
 import triton
 
@@ -41,15 +43,44 @@ def join_scale(tensor, number):
     return tensor if tensor is not None else number
 
 
+def carve(like, shapes, zeroed=False):
+    """Contiguous tensors of the given shapes, with like's dtype and device, as views of one new
+    buffer (one allocation, and one fill when zeroed, instead of one per tensor; each view
+    starts 16 bytes aligned)."""
+    align = max(1, 16 // like.element_size())
+    offsets, total = [], 0
+    for shape in shapes:
+        offsets.append(total)
+        total += -(-math.prod(shape) // align) * align
+    buffer = like.new_zeros(total) if zeroed else like.new_empty(total)
+    return [buffer.as_strided(shape, contiguous_strides(shape), offset)
+            for shape, offset in zip(shapes, offsets)]
+
+
+def contiguous_strides(shape):
+    """The strides of a contiguous tensor of this shape."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
 def launch_signature(*xs):
     """What a launch plan depends on in the given arguments: a tensor's dtype, shape, strides,
-    device (a CUDA device by its index: torch.device objects are slow to make) and 16-byte
-    alignment (Triton specializes pointers on it); None and bools as they are; any other value
-    by its type only (numbers reach the kernels as per-call values)."""
-    return tuple((x.dtype, x.shape, x.stride(), x.get_device() if x.is_cuda else x.device,
-                  x.data_ptr() % 16 == 0)
-                 if isinstance(x, torch.Tensor) else x if x is None or x is True or x is False
-                 else type(x) for x in xs)
+    device (a CUDA device by its index: torch.device objects are slow to make) and whether its
+    address is a multiple of 16 (Triton specializes pointers on it); None and bools as they
+    are; any other value by its type only (numbers reach the kernels as per-call values)."""
+    key = []
+    for x in xs:
+        if x is None or x is True or x is False:
+            key.append(x)
+        elif isinstance(x, torch.Tensor):
+            key.append((x.dtype, x.shape, x.stride(), x.get_device() if x.is_cuda else x.device,
+                        x.data_ptr() % 16 == 0))
+        else:
+            key.append(type(x))
+    return tuple(key)
 
 
 class SignatureCache(dict):
