@@ -54,8 +54,8 @@ SHORT_SHAPE = (3, 68, 1000, 16) if ON_GPU else (2, 4, 45, 3)
 @pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=len(OPTIONS))),
                          ids=option_ids)
 def test_every_combination_of_options_on_a_short_sequence(flags):
-    """All 2^10 combinations again where the launcher takes one channel per program and its
-    positions across a warp, in one pass."""
+    """All 2^10 combinations again where the launcher takes one pass over the sequence (on a
+    GPU: one channel per program, its positions across a warp)."""
     args, kwargs, dtype, return_last_state = combination_case(flags, SHORT_SHAPE)
     check(args, kwargs, dtype, return_last_state)
 
@@ -65,7 +65,25 @@ def test_short_sequences_take_one_pass():
     args, kwargs = make_case(batch, dim, L, dstate)
     u, delta, A, B, C, opts = launcher_args(args, kwargs)
     plan = forward_plan(u, delta, A, B, C, opts, BCLayout(), (None,) * 6)
-    assert len(plan.launches) == 1 and plan.launches[0].grid[:2] == (batch * dim, 1)
+    assert len(plan.launches) == 1 and plan.launches[0].grid[1] == 1
+    if ON_GPU:
+        assert plan.launches[0].grid[0] == batch * dim  # one channel per program
+
+
+@pytest.mark.parametrize("segments", [1, 2])
+@pytest.mark.parametrize("dstate", [3, 20])
+def test_one_channel_per_program(segments, dstate):
+    """The GPU's short-sequence tiles (one channel per program), here forced: one or two
+    segments, N within one unrolled group of states and over it."""
+    batch, dim, _, _ = SHORT_SHAPE
+    L = 3 * 16 + 5 if not ON_GPU else 3 * 256 + 5
+    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, delta_threshold=True)
+    with nan_filled_outputs():
+        out, last, _ = selective_scan_fwd(*launcher_args(args, kwargs), block_d=1,
+                                          block_t=16 if not ON_GPU else 256, num_warps=1,
+                                          num_segments=segments)
+    ref_out, ref_state = reference(args, kwargs)
+    assert rel_err(out, ref_out) <= 1e-5 and rel_err(last, ref_state) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -428,8 +428,10 @@ def forward_config(u, delta, channels_per_group, batch, dim, nvisit):
     size = max(u.element_size(), delta.element_size())
     sms = multiprocessor_count(u.device)
     if nvisit <= (64 if INTERPRETED else 1024):
-        block_t, warps = (16, 1) if INTERPRETED else (256, 1) if size == 2 else (512, 2)
-        return fit_block_d(1, channels_per_group, dim), block_t, 1, warps, None
+        # The interpreter's cost grows with the number of programs: 4 channels each there.
+        block_d, block_t, warps = ((4, 16, 1) if INTERPRETED else (1, 256, 1) if size == 2
+                                   else (1, 512, 2))
+        return fit_block_d(block_d, channels_per_group, dim), block_t, 1, warps, None
     if INTERPRETED:
         block_d, block_t, warps, maxnreg, per_sm = 4, 16, 1, None, 4
     else:
