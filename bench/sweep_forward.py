@@ -62,8 +62,6 @@ def fwd_cases(batch, dim, L, sms):
         cases.append((f"fwd d{block_d} w{warps} r{maxnreg or '-'} p{per_sm}",
                       dict(block_d=block_d, num_warps=warps, maxnreg=maxnreg, num_segments=segs)))
     for block_d, block_t, warps in TILE_CONFIGS if TILES else ():
-        if block_t > L:
-            continue
         for segs in TILE_SEGMENTS:
             if segs * block_t <= L:
                 cases.append((f"fwd d{block_d} t{block_t} w{warps} s{segs}",
