@@ -17,7 +17,7 @@ from reference import scan_inputs, selective_scan_ref
 DSTATE = 16
 # batch × dim × L of the grid.
 SHAPES = [(8, 1536, 2048), (1, 1536, 8192), (1, 1536, 32768), (1, 1536, 131072),
-          (1, 4096, 32768), (4, 2048, 8192)]
+          (1, 4096, 32768), (4, 2048, 8192), (16, 2048, 2048)]
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 INPUT_SETS = 3
 ARGS = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]

@@ -6,7 +6,7 @@ warm-up, rotating over three input sets so that no run reads inputs left in L2 b
 one. The kernels of every configuration are compiled first, in parallel processes.
 
 usage: python bench/sweep_forward.py OUT.csv [--full] [--jobs N] [--shapes BxDxL ...]
-       [--dtypes ...] [--forward-only] [--tiles]
+       [--dtypes ...] [--forward-only] [--tiles] [--only REGEX]
 """
 
 import argparse
@@ -15,6 +15,7 @@ import csv
 import itertools
 import multiprocessing
 import os
+import re
 import sys
 
 import torch
@@ -22,7 +23,7 @@ import triton
 import triton.testing
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fusedscan.selective_scan.chunk import selective_scan_fwd  # noqa: E402
+from fusedscan.selective_scan.chunk import CHUNK_SIZE, selective_scan_fwd  # noqa: E402
 from fusedscan.selective_scan.chunk_backward import selective_scan_bwd  # noqa: E402
 from fusedscan.selective_scan.options import BCLayout, ScanOptions  # noqa: E402
 import mamba_ssm_cuda  # noqa: E402
@@ -42,9 +43,13 @@ PROGRAMS_PER_SM = [1, 2, 4, 8]
 TILE_CONFIGS = [(1, 128, 1), (1, 256, 1), (1, 512, 1), (1, 512, 2), (1, 1024, 4), (1, 2048, 8),
                 (2, 256, 2), (4, 256, 4)]
 TILE_SEGMENTS = [1, 2, 4, 8]
+# Positions per thread of one-tile launches (--tiles; sequences of one chunk or less: the whole
+# sequence in one tile of one channel, the states in a loop).
+ONE_TILE_PER_THREAD = [4, 8, 16, 32]
 # (BLOCK_D, BLOCK_T, num_warps) of the backward kernels; (8, 128, 4) is backward v1.
 BWD_CONFIGS = [(8, 128, 4), (32, 8, 1), (64, 8, 2), (128, 8, 4), (32, 16, 2)]
 TILES = False
+ONLY = None  # a regular expression the labels of the configurations must match
 
 
 def inputs(batch, dim, L, dtype):
@@ -55,19 +60,29 @@ def _options(s):
     return ScanOptions(s["D"], s["z"], s["delta_bias"], True)
 
 
-def fwd_cases(batch, dim, L, sms):
-    cases = [("fwd auto", {}), ("fwd d128 w4 s1", dict(num_segments=1))]
+def fwd_cases(batch, dim, L, sms, size):
+    """(label, selective_scan_fwd keywords) of every configuration at this shape and element
+    size of the inputs (bytes)."""
+    row_t = 16 // size  # one channel row per thread: 16 bytes of positions
+    cases = [("fwd auto", {}), ("fwd d128 w4 s1", dict(block_t=row_t, num_segments=1))]
     for (block_d, warps, maxnreg), per_sm in itertools.product(FWD_CONFIGS, PROGRAMS_PER_SM):
         segs = triton.cdiv(per_sm * sms, batch * triton.cdiv(dim, block_d))
         cases.append((f"fwd d{block_d} w{warps} r{maxnreg or '-'} p{per_sm}",
-                      dict(block_d=block_d, num_warps=warps, maxnreg=maxnreg, num_segments=segs)))
+                      dict(block_d=block_d, block_t=row_t, num_warps=warps, maxnreg=maxnreg,
+                           num_segments=segs)))
+    block_t = triton.next_power_of_2(L)
+    for per_thread in ONE_TILE_PER_THREAD if TILES and L <= CHUNK_SIZE else ():
+        warps = block_t // (32 * per_thread)
+        if 1 <= warps <= 16:
+            cases.append((f"fwd one tile p{per_thread} w{warps}",
+                          dict(block_d=1, block_t=block_t, num_warps=warps, num_segments=1)))
     for block_d, block_t, warps in TILE_CONFIGS if TILES else ():
         for segs in TILE_SEGMENTS:
             if segs * block_t <= L:
                 cases.append((f"fwd d{block_d} t{block_t} w{warps} s{segs}",
                               dict(block_d=block_d, block_t=block_t, num_warps=warps, maxnreg=0,
                                    num_segments=segs)))
-    return cases
+    return [c for c in cases if ONLY is None or re.search(ONLY, c[0])]
 
 
 def bwd_cases():
@@ -111,7 +126,7 @@ def bench(fn, sets):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv")
-    parser.add_argument("--full", action="store_true", help="all six shapes of the grid")
+    parser.add_argument("--full", action="store_true", help="all shapes of the grid")
     parser.add_argument("--jobs", type=int, default=8, help="parallel compile processes")
     parser.add_argument("--shapes", nargs="+", metavar="BxDxL",
                         help="these batch×dim×L shapes instead (e.g. 1x1536x512)")
@@ -120,9 +135,11 @@ def main():
     parser.add_argument("--forward-only", action="store_true", help="no backward configurations")
     parser.add_argument("--tiles", action="store_true",
                         help="also forward tiles with several threads along the positions")
+    parser.add_argument("--only", metavar="REGEX",
+                        help="only the configurations whose label matches (e.g. 'auto|one tile')")
     args = parser.parse_args()
-    global TILES
-    TILES = args.tiles
+    global TILES, ONLY
+    TILES, ONLY = args.tiles, args.only
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     shapes = SHAPES if args.full else QUICK_SHAPES
     if args.shapes:
@@ -132,14 +149,17 @@ def main():
         BWD_CONFIGS.clear()
 
     # One job per distinct compiled variant: the launch configuration and dtype (the shapes of
-    # the grid all specialise alike).
+    # the grid all specialise alike, but for the tile length of the automatic and one-tile
+    # configurations).
     jobs = {}
     for dtype, shape in itertools.product(DTYPES, shapes):
         name = str(dtype).replace("torch.", "")
-        for label, cfg in fwd_cases(*shape, sms):
+        one_tile = shape[2] <= CHUNK_SIZE and triton.next_power_of_2(shape[2])
+        for label, cfg in fwd_cases(*shape, sms, dtype.itemsize):
             # Segments add the state-only pass: one job with them and one without.
-            jobs.setdefault(("fwd", name, label.rsplit(" p", 1)[0].rsplit(" s", 1)[0],
-                             cfg.get("num_segments", 2) > 1), ("fwd", name, shape, cfg))
+            stem = label if "one tile" in label else label.rsplit(" p", 1)[0].rsplit(" s", 1)[0]
+            jobs.setdefault(("fwd", name, stem, cfg.get("num_segments", 2) > 1, one_tile),
+                            ("fwd", name, shape, cfg))
         for label, cfg in bwd_cases():
             jobs.setdefault(("bwd", name, label), ("bwd", name, shape, cfg))
     ctx = multiprocessing.get_context("spawn")
@@ -156,7 +176,7 @@ def main():
     for dtype, (batch, dim, L) in itertools.product(DTYPES, shapes):
         sets = [inputs(batch, dim, L, dtype) for _ in range(3)]
         timings = []
-        for label, cfg in fwd_cases(batch, dim, L, sms):
+        for label, cfg in fwd_cases(batch, dim, L, sms, dtype.itemsize):
             timings.append((label, bench(lambda s: run_fwd(s, cfg), sets)))
         saved = {}
         for k, s in enumerate(sets):

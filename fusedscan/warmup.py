@@ -22,9 +22,10 @@ import torch
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 METHODS = ("longmamba", "modulation", "mambaextend", "decimamba")
-# Prompt lengths of the prefill jobs: short (one pass, one channel per program), medium
-# (2-warp blocks, split positions) and long ones, each a multiple of 16 and not.
-LENGTHS = (1024, 1023, 2048, 2047, 8192, 8191)
+# Prompt lengths of the prefill jobs: the three tiles of one-tile launches (up to 512, 1024 and
+# 2048 positions: one channel per program) and long ones (channel blocks, split positions),
+# each a multiple of 16 and not.
+LENGTHS = (512, 511, 1024, 1023, 2048, 2047, 8192, 8191)
 
 
 def _method_options(method, dim, dstate, device):

@@ -27,7 +27,7 @@ CASES = {
 def op_args(args, kwargs):
     """selective_scan_fwd_op's arguments for a make_case case."""
     u, delta, A, B, C, D, z, delta_bias, softplus = args
-    layout = check_inputs(u, delta, A, B, C, D, z, delta_bias, softplus, False,
+    layout, _ = check_inputs(u, delta, A, B, C, D, z, delta_bias, softplus, False,
                           kwargs.get("initial_state"), kwargs.get("delta_scale"),
                           kwargs.get("a_scale"), kwargs.get("delta_threshold"),
                           kwargs.get("keep_idx"))

@@ -9,7 +9,7 @@ import torch
 
 from fusedscan import selective_scan_ext
 from fusedscan.selective_scan.chunk import (
-    CHUNK_SIZE, FORWARD_PLANS, forward_plan, selective_scan_fwd,
+    CHUNK_SIZE, FORWARD_PLANS, FWD_DYNAMIC_ARGS, forward_plan, selective_scan_fwd,
 )
 from fusedscan.selective_scan.options import BCLayout
 from reference import forward_tolerance
@@ -46,16 +46,16 @@ def test_every_combination_of_options(flags):
     check(args, kwargs, dtype, return_last_state)
 
 
-# A sequence short enough for the one-pass wide tiles (at most 1024 positions on a GPU, 64 in
-# the interpreter), with channels in several groups of B and C.
-SHORT_SHAPE = (3, 68, 1000, 16) if ON_GPU else (2, 4, 45, 3)
+# A sequence of one chunk or less (2048 positions on a GPU, 32 in the interpreter), which the
+# launcher takes as one tile, with channels in several groups of B and C.
+SHORT_SHAPE = (3, 68, 1999, 16) if ON_GPU else (2, 4, 29, 3)
 
 
 @pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=len(OPTIONS))),
                          ids=option_ids)
 def test_every_combination_of_options_on_a_short_sequence(flags):
-    """All 2^10 combinations again where the launcher takes one pass over the sequence (on a
-    GPU: one channel per program, its positions across a warp)."""
+    """All 2^10 combinations again where the launcher takes the sequence as one tile (on a
+    GPU: one channel per program, its positions across the threads, the states in a loop)."""
     args, kwargs, dtype, return_last_state = combination_case(flags, SHORT_SHAPE)
     check(args, kwargs, dtype, return_last_state)
 
@@ -66,8 +66,22 @@ def test_short_sequences_take_one_pass():
     u, delta, A, B, C, opts = launcher_args(args, kwargs)
     plan = forward_plan(u, delta, A, B, C, opts, BCLayout(), (None,) * 6)
     assert len(plan.launches) == 1 and plan.launches[0].grid[1] == 1
+    launch = plan.launches[0]
+    assert dict(zip(launch.names[FWD_DYNAMIC_ARGS:], launch.static))["ONE_TILE"]
+    assert plan.scratch_size == 0
     if ON_GPU:
-        assert plan.launches[0].grid[0] == batch * dim  # one channel per program
+        assert launch.grid[0] == batch * dim  # one channel per program
+
+
+@pytest.mark.parametrize("dstate", [1, 5, 17, 40] + ([64, 256] if ON_GPU else []))
+@pytest.mark.parametrize("keep", [False, True])
+def test_one_tile_state_sizes(dstate, keep):
+    """The one-tile path's loop over the states: any N (no unrolled groups, no scratch), with
+    initial state, per-state a_scale and kept positions."""
+    batch, dim, L, _ = SHORT_SHAPE
+    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, a_scale="dim_n",
+                             keep=L // 3 if keep else None)
+    check(args, kwargs, torch.float32)
 
 
 @pytest.mark.parametrize("segments", [1, 2])

@@ -4,11 +4,12 @@ One program owns BLOCK_D channels of one batch row and one segment of the visite
 walks the segment in tiles of BLOCK_T positions; within a tile it runs, for every state n, a
 parallel scan over the tile's positions on the pairs (exp(Δ̂·A), Δ̂·u·B), whose combine is
 (a1, b1) ∘ (a2, b2) = (a1·a2, a2·b1 + b2), and adds C·h to the output. The launcher takes two
-shapes of tile: for sequences over 1024 positions, 16 bytes of input wide with one channel row
-per thread, so that the scan runs in each thread's registers, one position after another; for
-shorter ones, one channel and 256 or 512 positions across a warp or two, so that one pass over
-the sequence fills the GPU. Δ̂ (bias, softplus, scale and threshold applied), Δ̂·u and the
-output stay in registers across the states.
+shapes of tile: for sequences over one chunk (2048 positions), 16 bytes of input wide with one
+channel row per thread, so that the scan runs in each thread's registers, one position after
+another; for shorter ones, the whole sequence as one tile of one channel with its positions
+across the threads and the states in a loop (scan_one_tile), so that one pass fills the GPU.
+Δ̂ (bias, softplus, scale and threshold applied), Δ̂·u and the output stay in registers across
+the states.
 
 States are handled NG at a time, unrolled, with one [BLOCK_D] register vector per state
 carrying its value from tile to tile. When N ≤ NG that is all: no state leaves the registers
@@ -103,15 +104,37 @@ def load_bc(src, n, stride_n, offs, row_ok, state_ok, col_mask, ACC: tl.constexp
 
 
 @triton.jit
+def scan_state(
+    n, state_ok, h, A_n, dt, dtu, y, col_mask, row_ok, bc_offs_B, bc_offs_C, is_first, is_last,
+    B_src, stride_B_n, C_src, stride_C_n,
+    MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
+    STATE_ONLY: tl.constexpr,
+):
+    """Scans state n over one tile from the carry h; returns the state after the tile's last
+    column and y plus C_n·h_n. The carry enters through the first column's b
+    (b_0 += a_0·h), so the scan's b component is the state itself."""
+    B_n = load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, dtu.dtype,
+                   MASK_T, B_VARIABLE)
+    b = dtu * B_n
+    a = tl.exp2(dt * A_n[:, None])
+    b = tl.where(is_first, a * h[:, None] + b, b)
+    _, h = tl.associative_scan((a, b), axis=1, combine_fn=scan_combine)
+    if not STATE_ONLY:
+        y += h * load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask, dtu.dtype,
+                          MASK_T, C_VARIABLE)
+    # −0.0 is the exact identity of +, so the compiler drops the adds of non-last columns.
+    return tl.sum(tl.where(is_last, h, -0.0), axis=1), y
+
+
+@triton.jit
 def scan_states(
     n0, dstate, hs, As, dt, dtu, y, col_mask, row_ok, bc_offs_B, bc_offs_C, is_first, is_last,
     B_src, stride_B_n, C_src, stride_C_n,
     NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr,
     C_VARIABLE: tl.constexpr, STATE_ONLY: tl.constexpr,
 ):
-    """Scans states n0 .. n0+NG-1 over one tile from carries `hs`; returns the carries at the
-    tile's end and y plus Σ_n C_n·h_n. The carry enters through the first column's b
-    (b_0 += a_0·h), so the scan's b component is the state itself."""
+    """scan_state for states n0 .. n0+NG-1, unrolled, from the carries `hs`; returns the
+    carries at the tile's end and y."""
     new_hs = ()
     for i in tl.static_range(NG):
         n = n0 + i
@@ -119,17 +142,10 @@ def scan_states(
             state_ok = n < dstate  # false for the padding states of the last group
         else:
             state_ok = True  # a single group has exactly N states: no mask on the B/C loads
-        B_n = load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, dtu.dtype,
-                       MASK_T, B_VARIABLE)
-        b = dtu * B_n
-        a = tl.exp2(dt * As[i][:, None])
-        b = tl.where(is_first, a * hs[i][:, None] + b, b)
-        _, h = tl.associative_scan((a, b), axis=1, combine_fn=scan_combine)
-        if not STATE_ONLY:
-            y += h * load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask,
-                              dtu.dtype, MASK_T, C_VARIABLE)
-        # −0.0 is the exact identity of +, so the compiler drops the adds of non-last columns.
-        new_hs = new_hs + (tl.sum(tl.where(is_last, h, -0.0), axis=1),)
+        h, y = scan_state(n, state_ok, hs[i], As[i], dt, dtu, y, col_mask, row_ok, bc_offs_B,
+                          bc_offs_C, is_first, is_last, B_src, stride_B_n, C_src, stride_C_n,
+                          MASK_T, B_VARIABLE, C_VARIABLE, STATE_ONLY)
+        new_hs = new_hs + (h,)
     return new_hs, y
 
 
@@ -189,21 +205,15 @@ def start_states(n0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, seg_rows,
 
 
 @triton.jit
-def scan_tile(
-    j0, j_hi, seqlen, hs, As, rows, row_ok, cols,
-    u_rows, delta_rows, z_rows, out_rows, keep_row,
-    stride_u_l, stride_delta_l, stride_z_l, stride_keep_k,
-    A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
-    B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-    delta_bias, delta_scale, delta_threshold, D, flags,
-    carry_src, carry_dst, chunk_rows, dstate, n_groups,
-    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr,
-    MASK_T: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
-    C_VARIABLE: tl.constexpr, STATE_ONLY: tl.constexpr,
+def tile_inputs(
+    j0, j_hi, seqlen, rows, cols, u_rows, delta_rows, keep_row, stride_u_l, stride_delta_l,
+    stride_keep_k, stride_B_l, stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags,
+    BLOCK_T: tl.constexpr, MASK_T: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
 ):
-    """Scans positions [j0, j0 + BLOCK_T) (those < j_hi) for all states. Returns the register
-    carries (unchanged when the states go through the scratch) and the tile's Δ̂. A keep_idx
-    entry that breaks the rules turns its u into NaN: out and the state are NaN from there on."""
+    """What every state's scan over positions [j0, j0 + BLOCK_T) (those < j_hi) reads: the
+    columns (j, pos, col_ok, col_mask), Δ̂, Δ̂·u, y = D·u, the offsets of B and C and the first-
+    and last-column masks. A keep_idx entry that breaks the rules turns its u into NaN: out and
+    the state are NaN from there on."""
     ACC = D.dtype  # float32, or float64 for float64 inputs
     j, pos, col_ok, col_mask, bad = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
                                                  seqlen, MASK_T, HAS_KEEP_IDX)
@@ -218,7 +228,6 @@ def scan_tile(
         dt = tl.where(col_mask, dt, 0.0)
     dtu = dt * u
     y = u * D[:, None]
-
     # Variable B and C are loaded as [BLOCK_D, BLOCK_T] tiles whose rows repeat one address
     # row, in the tile's register layout (every thread reads the same 16 bytes). They are
     # indexed by visited index: with keep_idx the launcher passes copies of the kept positions,
@@ -228,6 +237,39 @@ def scan_tile(
     bc_offs_C = zero_rows + j[None, :] * stride_C_l
     is_first = (cols == 0)[None, :]
     is_last = (cols == BLOCK_T - 1)[None, :]
+    return j, pos, col_ok, col_mask, dt, dtu, y, bc_offs_B, bc_offs_C, is_first, is_last
+
+
+@triton.jit
+def tile_output(y, j, pos, col_ok, col_mask, row_ok, z_rows, stride_z_l, out_rows,
+                HAS_Z: tl.constexpr):
+    """out of the tile's columns: y, gated by silu(z) when z is given."""
+    if HAS_Z:
+        z = tl.load(z_rows + pos[None, :] * stride_z_l, mask=col_mask, other=0.0).to(y.dtype)
+        y *= z * tl.sigmoid(z)
+    tl.store(out_rows + j[None, :], y.to(out_rows.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def scan_tile(
+    j0, j_hi, seqlen, hs, As, rows, row_ok, cols,
+    u_rows, delta_rows, z_rows, out_rows, keep_row,
+    stride_u_l, stride_delta_l, stride_z_l, stride_keep_k,
+    A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
+    B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
+    delta_bias, delta_scale, delta_threshold, D, flags,
+    carry_src, carry_dst, chunk_rows, dstate, n_groups,
+    CHUNK: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr,
+    MASK_T: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
+    C_VARIABLE: tl.constexpr, STATE_ONLY: tl.constexpr,
+):
+    """Scans positions [j0, j0 + BLOCK_T) (those < j_hi) for all states. Returns the register
+    carries (unchanged when the states go through the scratch) and the tile's Δ̂."""
+    j, pos, col_ok, col_mask, dt, dtu, y, bc_offs_B, bc_offs_C, is_first, is_last = tile_inputs(
+        j0, j_hi, seqlen, rows, cols, u_rows, delta_rows, keep_row, stride_u_l, stride_delta_l,
+        stride_keep_k, stride_B_l, stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags,
+        BLOCK_T, MASK_T, HAS_KEEP_IDX)
     is_chunk_start = (j0 % CHUNK) == 0
     ck_rows = chunk_rows + (j0 // CHUNK) * dstate
     if not MULTI_GROUP:
@@ -252,14 +294,41 @@ def scan_tile(
                                   C_VARIABLE, STATE_ONLY)
             store_states(carry_dst, n0, dstate, hs_g, row_ok, NG)
         tl.debug_barrier()
-
     if not STATE_ONLY:
-        if HAS_Z:
-            z = tl.load(z_rows + pos[None, :] * stride_z_l, mask=col_mask, other=0.0).to(ACC)
-            y *= z * tl.sigmoid(z)
-        tl.store(out_rows + j[None, :], y.to(out_rows.dtype.element_ty),
-                 mask=row_ok[:, None] & col_ok[None, :])
+        tile_output(y, j, pos, col_ok, col_mask, row_ok, z_rows, stride_z_l, out_rows, HAS_Z)
     return hs, dt
+
+
+@triton.jit
+def scan_one_tile(
+    nvisit, seqlen, dstate, rows, row_ok, cols, u_rows, delta_rows, z_rows, out_rows, keep_row,
+    stride_u_l, stride_delta_l, stride_z_l, stride_keep_k,
+    A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
+    B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
+    delta_bias, delta_scale, delta_threshold, D, flags, h0_rows, stride_h0_n,
+    chunk_rows, last_rows,
+    BLOCK_T: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
+    B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, LOOP_STAGES: tl.constexpr,
+    LOOP_UNROLL: tl.constexpr,
+):
+    """The whole visited sequence (nvisit <= BLOCK_T <= CHUNK) as one tile. The states go one
+    after another through a loop (software-pipelined over LOOP_STAGES states, so that later
+    states' B and C are on their way, or unrolled LOOP_UNROLL times): each state's carry enters
+    and leaves through memory, so only one or two states' B, C and scan are in registers."""
+    j, pos, col_ok, col_mask, dt, dtu, y, bc_offs_B, bc_offs_C, is_first, is_last = tile_inputs(
+        0, nvisit, seqlen, rows, cols, u_rows, delta_rows, keep_row, stride_u_l, stride_delta_l,
+        stride_keep_k, stride_B_l, stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags,
+        BLOCK_T, True, HAS_KEEP_IDX)
+    for n in tl.range(dstate, num_stages=LOOP_STAGES, loop_unroll_factor=LOOP_UNROLL):
+        A_n = load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n, row_ok)
+        h = tl.load(h0_rows + n * stride_h0_n, mask=row_ok & ((flags & FLAG_INITIAL_STATE) != 0),
+                    other=0.0)
+        tl.store(chunk_rows + n, h, mask=row_ok)
+        h, y = scan_state(n, True, h, A_n, dt, dtu, y, col_mask, row_ok, bc_offs_B, bc_offs_C,
+                          is_first, is_last, B_src, stride_B_n, C_src, stride_C_n, True,
+                          B_VARIABLE, C_VARIABLE, False)
+        tl.store(last_rows + n, h, mask=row_ok)
+    tile_output(y, j, pos, col_ok, col_mask, row_ok, z_rows, stride_z_l, out_rows, HAS_Z)
 
 
 @triton.jit(do_not_specialize=["flags", "n_dblocks", "n_segs", "seg_tiles", "n_groups"])
@@ -281,6 +350,7 @@ def selective_scan_fwd_kernel(
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
     MULTI_GROUP: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
     B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, STATE_ONLY: tl.constexpr,
+    ONE_TILE: tl.constexpr, LOOP_STAGES: tl.constexpr, LOOP_UNROLL: tl.constexpr,
 ):
     """Grid (batch · n_dblocks, segments). The arguments up to a_mult change from call to call
     (FWD_DYNAMIC_ARGS), the others are fixed by the inputs' shapes, strides and options.
@@ -290,7 +360,8 @@ def selective_scan_fwd_kernel(
     segment, last_state (batch, dim, N). The scratch holds seg_states (batch, n_segs, dim, N)
     and seg_dsum (batch, n_segs, dim) when n_segs > 1, then, with MULTI_GROUP
     (n_groups = ⌈N / NG⌉ > 1), the states carried between tiles (2 slots · BLOCK_D · N per
-    program)."""
+    program). ONE_TILE (nvisit <= BLOCK_T, one segment) takes the sequence as one tile and its
+    states in a loop (scan_one_tile; LOOP_STAGES, LOOP_UNROLL): any N, no scratch."""
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     batch = tl.num_programs(0) // n_dblocks
@@ -322,6 +393,16 @@ def selective_scan_fwd_kernel(
     slot = BLOCK_D * dstate
     seg_rows = (b * n_segs) * dim + rows64  # row of segment 0 in seg_states / seg_dsum
     h0_rows = h0_ptr + b * stride_h0_b + rows64 * stride_h0_d
+    if ONE_TILE:
+        scan_one_tile(
+            nvisit, seqlen, dstate, rows, row_ok, cols, u_rows, delta_rows, z_rows, out_rows,
+            keep_row, stride_u_l, stride_delta_l, stride_z_l, stride_keep_k,
+            A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
+            B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
+            delta_bias, delta_scale, delta_threshold, D, flags, h0_rows, stride_h0_n,
+            chunk_rows, last_state_ptr + (b * dim + rows64) * dstate,
+            BLOCK_T, HAS_Z, HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE, LOOP_STAGES, LOOP_UNROLL)
+        return
 
     # Start state of this segment: the initial state folded through every earlier segment
     # (zero for the state-only pass).
@@ -414,23 +495,40 @@ def kept_bc(M, keep_idx, seqlen):
     return M.gather(-1, idx.expand(*M.shape[:-1], keep_idx.shape[1]))
 
 
-def forward_config(u, delta, channels_per_group, batch, dim, nvisit):
+def one_tile_loop(size, num_warps):
+    """(LOOP_STAGES, LOOP_UNROLL) of a one-tile launch's loop over the states, by the inputs'
+    element size and the warps: B and C of three states in flight, or, for 16-bit inputs over
+    four warps or more, two states per iteration (H200, one tile of 2048 positions, batch 8:
+    bf16 0.515 ms plain, 0.477 pipelined, 0.438 unrolled; float32 0.631, 0.619, 0.643)."""
+    return (1, 2) if size == 2 and num_warps >= 4 else (3, 1)
+
+
+def forward_config(u, delta, channels_per_group, batch, dim, nvisit, chunk_size):
     """(BLOCK_D, BLOCK_T, segments, num_warps, maxnreg).
 
-    Up to four wide tiles of positions (1024 on a GPU): one channel per program and its tile's
-    positions across one or two warps, 8 per thread (mamba-ssm's block shape), in one pass
-    with no segments (H200, bf16 1×1536×512: 0.052 → 0.032 ms; fp32 0.068 → 0.052 ms;
-    bench/sweep_forward.py --tiles). Longer sequences: one channel row per thread, BLOCK_T
-    positions of 16 bytes of input scanned one after another in its registers. With 16-bit
-    inputs a cap of 128 registers (a few spills) lets four programs share an SM. Few channel
-    blocks on a short sequence take blocks of 64 channels (2 warps): twice the programs before
-    positions are split (1×1536×512 0.23 → 0.11 ms)."""
+    Up to one chunk of positions (2048 on a GPU): the whole sequence as one tile, one channel
+    per program with its positions across the threads, 16 per thread (mamba-ssm's block
+    shape; float32 at most two warps, so 32 at 2048), the states in a loop (one_tile_loop):
+    one pass, no segments. With 16-bit inputs only while the 128-channel blocks below cannot
+    fill the SMs by themselves (H200: bf16 1×1536×2048 0.108 → 0.067 ms, 8×1536×2048 0.454 →
+    0.438; at 16×2048×2048 the blocks below win, 1.06 against 1.22 ms; float32 one tile wins
+    at every batch: bench/sweep_forward.py --tiles, docs/kernel-log.md).
+    Longer sequences: one channel row per thread, BLOCK_T positions of 16 bytes of input
+    scanned one after another in its registers. With 16-bit inputs a cap of 128 registers (a
+    few spills) lets four programs share an SM. Few channel blocks on a short sequence take
+    blocks of 64 channels (2 warps): twice the programs before positions are split
+    (1×1536×512 0.23 → 0.11 ms)."""
     size = max(u.element_size(), delta.element_size())
     sms = multiprocessor_count(u.device)
-    if nvisit <= (64 if INTERPRETED else 1024):
+    if nvisit <= chunk_size and (size > 2 or batch * triton.cdiv(dim, 128) < sms):
+        # Tiles of 512, 1024 or 2048 positions (16 or 32 in the interpreter): each is a kernel
+        # to compile, so shorter sequences share the 512 one.
+        block_t = min(chunk_size, max(32 if INTERPRETED else 512, triton.next_power_of_2(nvisit)))
         # The interpreter's cost grows with the number of programs: 4 channels each there.
-        block_d, block_t, warps = ((4, 16, 1) if INTERPRETED else (1, 256, 1) if size == 2
-                                   else (1, 512, 2))
+        block_d = 4 if INTERPRETED else 1
+        warps = max(1, block_t // 512)
+        if size > 2:
+            warps = min(warps, 2)
         return fit_block_d(block_d, channels_per_group, dim), block_t, 1, warps, None
     if INTERPRETED:
         block_d, block_t, warps, maxnreg, per_sm = 4, 16, 1, None, 4
@@ -480,7 +578,7 @@ def forward_plan(u, delta, A, B, C, opts, layout, tuning):
     # Channels per group of B and C together: a channel block must not straddle a group.
     per_group = dim // math.lcm(layout.B_groups, layout.C_groups)
     auto_d, auto_t, auto_segs, auto_warps, auto_maxnreg = forward_config(
-        u, delta, per_group, batch, dim, nvisit)
+        u, delta, per_group, batch, dim, nvisit, chunk_size)
     block_d, block_t = block_d or auto_d, block_t or auto_t
     num_warps = num_warps or auto_warps
     maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
@@ -492,9 +590,11 @@ def forward_plan(u, delta, A, B, C, opts, layout, tuning):
     seg_tiles = triton.cdiv(n_tiles, segs)
     segs = triton.cdiv(n_tiles, seg_tiles)
     n_dblocks = triton.cdiv(dim, block_d)
-    # States per unrolled group: all of them when N <= MAX_GROUP, else groups of at most
-    # MAX_GROUP carried through the scratch between tiles.
-    n_groups = triton.cdiv(dstate, MAX_GROUP)
+    # One tile: the states in a loop (scan_one_tile). Otherwise states per unrolled group: all
+    # of them when N <= MAX_GROUP, else groups of at most MAX_GROUP carried through the scratch
+    # between tiles.
+    one_tile = n_tiles == 1
+    n_groups = 1 if one_tile else triton.cdiv(dstate, MAX_GROUP)
     # The kernel's scratch: seg_states and seg_dsum, then the carries of several state groups.
     scratch_size = 0
     if segs > 1 or n_groups > 1:
@@ -522,8 +622,10 @@ def forward_plan(u, delta, A, B, C, opts, layout, tuning):
     static.update(
         CHUNK=chunk_size, BLOCK_D=block_d, BLOCK_T=block_t, NG=triton.cdiv(dstate, n_groups),
         MULTI_GROUP=n_groups > 1, HAS_Z=z is not None, HAS_KEEP_IDX=keep_idx is not None,
-        B_VARIABLE=layout.B_variable, C_VARIABLE=layout.C_variable, num_warps=num_warps,
-        **({"maxnreg": maxnreg} if maxnreg else {}))
+        B_VARIABLE=layout.B_variable, C_VARIABLE=layout.C_variable, ONE_TILE=one_tile,
+        num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}))
+    static["LOOP_STAGES"], static["LOOP_UNROLL"] = one_tile_loop(
+        max(u.element_size(), delta.element_size()), num_warps) if one_tile else (1, 1)
     device = u.get_device()
     launches = tuple(
         LaunchPlan(selective_scan_fwd_kernel, (batch * n_dblocks, n), FWD_DYNAMIC_ARGS, device,
@@ -534,10 +636,14 @@ def forward_plan(u, delta, A, B, C, opts, layout, tuning):
 
 def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size=None,
                        block_d=None, block_t=None, num_segments=None, num_warps=None,
-                       maxnreg=None):
+                       maxnreg=None, plan_key=None):
     """Launches the forward kernels on checked inputs (opts: ScanOptions, layout: BCLayout;
     the other keywords force a launch configuration). The launch configuration is worked out
     once per signature of the inputs (shapes, strides, dtypes, alignment, options) and kept.
+    plan_key: a launch_signature already taken of the arguments these inputs were made from
+    (selective_scan_ext's checks take one), saving a second; it must determine the inputs'
+    own signature (the contiguous copies of the channel vectors and the gathered B and C are
+    fresh allocations, so it does).
 
     Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N) and chunk_states
     (batch, dim, ⌈K/chunk_size⌉, N), the state entering every chunk; states have A's dtype
@@ -547,15 +653,17 @@ def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size
             return selective_scan_fwd(u, delta, A, B, C, opts, layout, chunk_size=chunk_size,
                                       block_d=block_d, block_t=block_t,
                                       num_segments=num_segments, num_warps=num_warps,
-                                      maxnreg=maxnreg)
+                                      maxnreg=maxnreg, plan_key=plan_key)
     keep_idx = opts.keep_idx
     # The kernel reads variable B and C by visited index (vector loads): gather the kept ones.
     if keep_idx is not None:
         B, C = (kept_bc(M, keep_idx, u.shape[2]) if variable else M
                 for M, variable in ((B, layout.B_variable), (C, layout.C_variable)))
     tuning = (chunk_size, block_d, block_t, num_segments, num_warps, maxnreg)
+    if plan_key is None:
+        plan_key = launch_signature(u, delta, A, B, C, *opts)
     plan = FORWARD_PLANS.get_or_build(
-        (launch_signature(u, delta, A, B, C, *opts), layout, tuning),
+        (plan_key, layout, tuning),
         lambda: forward_plan(u, delta, A, B, C, opts, layout, tuning))
     batch, dim, _ = u.shape
     dstate = A.shape[1]

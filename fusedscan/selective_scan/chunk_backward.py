@@ -68,9 +68,12 @@ def _reverse_combine(f1, p1, r1, f2, p2, r2):
 
 
 @triton.jit
-def _accumulate(ptr, value, mask):
-    """ptr += value, for slices that only the calling program touches."""
-    tl.store(ptr, tl.load(ptr, mask=mask, other=0.0, cache_modifier=".cg") + value, mask=mask)
+def _accumulate(ptr, value, mask, written):
+    """ptr += value, for slices that only the calling program touches; ptr = value where it was
+    not `written` before (a scalar: the first tile or channel block to reach the slice), so
+    that the accumulators need no zero fill."""
+    tl.store(ptr, tl.load(ptr, mask=mask & written, other=0.0, cache_modifier=".cg") + value,
+             mask=mask)
 
 
 @triton.jit
@@ -267,12 +270,14 @@ def _bwd_states(
     n0, dstate, k, dt, u, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first, is_last,
     A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult,
     B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
-    carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n,
+    carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n, later_tile, later_block,
     NG: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
 ):
     """States n0 .. n0+NG-1 of one tile: rescans h from the carry, runs the reverse scan for g
     from the tile's G, and adds their terms to y, du and ddt (returned) and to the program's
-    slices of dA and dB, dC. A padding state (n ≥ N) has A = B = C = 0 and adds nothing."""
+    slices of dA and dB, dC (per-channel slices hold a value from the program's second tile on,
+    per-position ones from its second channel block on: later_tile, later_block). A padding
+    state (n ≥ N) has A = B = C = 0 and adds nothing."""
     ACC = dt.dtype
     for i in tl.static_range(NG):
         n = n0 + i
@@ -300,19 +305,19 @@ def _bwd_states(
         du += gdt * B_n
         ah = h - b  # a_t·h_{t−1}
         ddt += g * (u * B_n + ah * (A2 * LN2)[:, None])
-        _accumulate(dA_rows + n, tl.sum(g * ah * dt, axis=1), ok)
+        _accumulate(dA_rows + n, tl.sum(g * ah * dt, axis=1), ok, later_tile)
         # Sums over the block's channels go through row 0 of a [BLOCK_D, BLOCK_T] tile: a
         # [BLOCK_T] vector would pull the whole tile into a layout spread over the warps.
         if B_VARIABLE:
             _accumulate(dB_at + n * stride_dBC_n, tl.sum(gdt * u, axis=0)[None, :],
-                        lead_row & col_mask & state_ok)
+                        lead_row & col_mask & state_ok, later_block)
         else:
-            _accumulate(dB_at + n, tl.sum(gdt * u, axis=1), ok)
+            _accumulate(dB_at + n, tl.sum(gdt * u, axis=1), ok, later_tile)
         if C_VARIABLE:
             _accumulate(dC_at + n * stride_dBC_n, tl.sum(dy * h, axis=0)[None, :],
-                        lead_row & col_mask & state_ok)
+                        lead_row & col_mask & state_ok, later_block)
         else:
-            _accumulate(dC_at + n, tl.sum(dy * h, axis=1), ok)
+            _accumulate(dC_at + n, tl.sum(dy * h, axis=1), ok, later_tile)
     return y, du, ddt
 
 
@@ -325,6 +330,7 @@ def _bwd_tile(
     B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
     delta_bias, delta_scale, delta_threshold, D, flags,
     carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n, dstate, n_groups,
+    later_tile, later_block,
     BLOCK_T: tl.constexpr, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
 ):
@@ -368,8 +374,8 @@ def _bwd_tile(
             g * NG, dstate, k, dt, u, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first, is_last,
             A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult,
             B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
-            carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n,
-            NG, MASK_T, B_VARIABLE, C_VARIABLE)
+            carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n, later_tile,
+            later_block, NG, MASK_T, B_VARIABLE, C_VARIABLE)
 
     store_mask = row_ok[:, None] & col_ok[None, :]
     if HAS_Z:
@@ -486,8 +492,8 @@ def bwd_main_kernel(
                     a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
                     stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags,
                     carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n,
-                    dstate, n_groups, BLOCK_T, NG, False, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
-                    C_VARIABLE)
+                    dstate, n_groups, t > 0, d0 > d_begin, BLOCK_T, NG, False, HAS_Z,
+                    HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE)
             else:
                 tile_dD, tile_dbias, tile_dscale = _bwd_tile(
                     j0, j_hi, j0 // BLOCK_T, seqlen, rows, row_ok, cols, u_rows, delta_rows,
@@ -497,8 +503,8 @@ def bwd_main_kernel(
                     a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
                     stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags,
                     carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n,
-                    dstate, n_groups, BLOCK_T, NG, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
-                    C_VARIABLE)
+                    dstate, n_groups, t > 0, d0 > d_begin, BLOCK_T, NG, True, HAS_Z,
+                    HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE)
             sum_dD += tile_dD
             sum_dbias += tile_dbias
             sum_dscale += tile_dscale
@@ -537,7 +543,10 @@ def _bc_grad(partial, M, variable, groups, keep_idx):
     if not variable:
         return partial.sum(0)
     batch, n_cgroups, dstate, nvisit = partial.shape
-    grad = partial.view(batch, groups, n_cgroups // groups, dstate, nvisit).sum(2)
+    if n_cgroups == groups:  # one part per group: nothing to sum
+        grad = partial
+    else:
+        grad = partial.view(batch, groups, n_cgroups // groups, dstate, nvisit).sum(2)
     if M.dim() == 3:
         grad = grad[:, 0]
     if keep_idx is not None:
@@ -666,10 +675,12 @@ def backward_plan(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, tu
 
 def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, *,
                        chunk_size=None, block_d=None, block_t=None, range_length=None,
-                       channel_splits=None, num_warps=4):
+                       channel_splits=None, num_warps=4, plan_key=None):
     """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
     chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None;
     the keywords force a launch configuration, worked out once per signature of the inputs.
+    plan_key: a key that determines that signature (the forward's plan key with the
+    launch_signature of dout and dlast), saving the backward its own.
 
     Returns the gradients of GRAD_INPUTS (u, delta, A, B, C, D, z, delta_bias, initial_state,
     delta_scale, a_scale), each in its input's dtype and shape, None for an absent input or a
@@ -680,10 +691,12 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
             return selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states,
                                       chunk_size=chunk_size, block_d=block_d, block_t=block_t,
                                       range_length=range_length, channel_splits=channel_splits,
-                                      num_warps=num_warps)
+                                      num_warps=num_warps, plan_key=plan_key)
     tuning = (chunk_size, block_d, block_t, range_length, channel_splits, num_warps)
+    if plan_key is None:
+        plan_key = launch_signature(dout, dlast, u, delta, A, B, C, chunk_states, *opts)
     plan = BACKWARD_PLANS.get_or_build(
-        (launch_signature(dout, dlast, u, delta, A, B, C, chunk_states, *opts), layout, tuning),
+        (plan_key, layout, tuning),
         lambda: backward_plan(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, tuning))
     keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
     delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale,
@@ -692,10 +705,12 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     absent = [A if x is None else x for x in (opts.delta_bias, delta_scale, a_scale,
                                              opts.delta_threshold, keep_idx)]
 
-    # Scratch in one buffer, the accumulators of the sums in one zero-filled buffer.
+    # Scratch in one buffer, the per-program partial sums in another (the gradients of B and C
+    # may be views of it). The kernel writes every element of the sums before adding to it:
+    # no zero fill.
     range_states, gcarry, dchan, carry = carve(A, (
         plan.range_states_shape or (0,), plan.gcarry_shape, plan.dchan_shape, (plan.carry_size,)))
-    dA, dB, dC = carve(A, (plan.dA_shape, plan.dB_shape, plan.dC_shape), zeroed=True)
+    dA, dB, dC = carve(A, (plan.dA_shape, plan.dB_shape, plan.dC_shape))
 
     # 1. The state entering every range.
     if plan.range_states is not None:

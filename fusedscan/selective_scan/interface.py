@@ -11,7 +11,7 @@ from fusedscan.selective_scan.options import (
     GRAD_INPUTS, BCLayout, ScanOptions, from_op_args, op_args,
 )
 from fusedscan.selective_scan.validate import check_inputs, check_keep_idx_values
-from fusedscan.utils.launch import channel_vectors
+from fusedscan.utils.launch import channel_vectors, launch_signature
 
 
 def _save(ctx, u, delta, A, B, C, opts, layout, chunk_states):
@@ -41,19 +41,25 @@ class SelectiveScanFunction(torch.autograd.Function):
     costs several times more host time per call)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, layout, *options):
+    def forward(ctx, u, delta, A, B, C, layout, plan_key, *options):
         opts = ScanOptions(*options)
-        out, last_state, chunk_states = selective_scan_fwd(u, delta, A, B, C, opts, layout)
+        out, last_state, chunk_states = selective_scan_fwd(u, delta, A, B, C, opts, layout,
+                                                           plan_key=plan_key)
         _save(ctx, u, delta, A, B, C, opts, layout, chunk_states)
+        ctx.plan_key = plan_key
         ctx.set_materialize_grads(False)
         return out, last_state
 
     @staticmethod
     def backward(ctx, dout, dlast):
         u, delta, A, B, C, opts, layout, chunk_states = _saved(ctx)
+        dout = _zero_dout(dout, u, opts)
+        # The forward's key fixes everything of the backward's plan but the output gradients.
+        plan_key = None if ctx.plan_key is None else (ctx.plan_key,
+                                                      launch_signature(dout, dlast))
         grads = dict(zip(GRAD_INPUTS, selective_scan_bwd(
-            _zero_dout(dout, u, opts), dlast, u, delta, A, B, C, opts, layout, chunk_states)))
-        return (*(grads[k] for k in ("u", "delta", "A", "B", "C")), None,
+            dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, plan_key=plan_key)))
+        return (*(grads[k] for k in ("u", "delta", "A", "B", "C")), None, None,
                 *(grads.get(k) for k in ScanOptions._fields))
 
 
@@ -140,17 +146,19 @@ def _op_backward(ctx, dout, dlast, _):
 selective_scan_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
-def scan(u, delta, A, B, C, opts, layout, return_last_state=False):
+def scan(u, delta, A, B, C, opts, layout, return_last_state=False, plan_key=None):
     """The launch on checked inputs, by the cheapest path that gives autograd what it needs:
     the custom op while torch.compile traces, the autograd.Function when a gradient is wanted,
-    else the launcher alone."""
+    else the launcher alone. plan_key: the launch_signature that check_inputs took of the
+    public call's arguments (it fixes everything the launch plan depends on), or None."""
     if torch.compiler.is_compiling():
         out, last_state, _ = selective_scan_fwd_op(u, delta, A, B, C, *op_args(opts, layout))
     elif torch.is_grad_enabled() and any(
             torch.is_tensor(x) and x.requires_grad for x in (u, delta, A, B, C, *opts)):
-        out, last_state = SelectiveScanFunction.apply(u, delta, A, B, C, layout, *opts)
+        out, last_state = SelectiveScanFunction.apply(u, delta, A, B, C, layout, plan_key, *opts)
     else:
-        out, last_state, _ = selective_scan_fwd(u, delta, A, B, C, opts, layout)
+        out, last_state, _ = selective_scan_fwd(u, delta, A, B, C, opts, layout,
+                                                plan_key=plan_key)
     return (out, last_state) if return_last_state else out
 
 
@@ -204,9 +212,9 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Under torch.compile the kernels run as the torch custom ops fusedscan::selective_scan_fwd /
     _bwd, traced without a graph break (check_keep_idx=True breaks the graph).
     """
-    layout = check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                          return_last_state, initial_state, delta_scale, a_scale,
-                          delta_threshold, keep_idx)
+    layout, signature = check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                     return_last_state, initial_state, delta_scale, a_scale,
+                                     delta_threshold, keep_idx)
     if not isinstance(check_keep_idx, bool):
         raise TypeError(f"check_keep_idx must be a bool, got {type(check_keep_idx).__name__}")
     if check_keep_idx and keep_idx is not None:
@@ -215,7 +223,7 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                                                                   delta_threshold)
     opts = ScanOptions(D, z, delta_bias, delta_softplus, initial_state, delta_scale, a_scale,
                        delta_threshold, keep_idx)
-    return scan(u, delta, A, B, C, opts, layout, return_last_state)
+    return scan(u, delta, A, B, C, opts, layout, return_last_state, signature)
 
 
 __all__ = ["BCLayout", "ScanOptions", "scan", "selective_scan_ext"]

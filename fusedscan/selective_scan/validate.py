@@ -43,15 +43,18 @@ _CHECKED = SignatureCache()
 def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                  initial_state, delta_scale, a_scale, delta_threshold, keep_idx):
     """Raises TypeError / ValueError / NotImplementedError naming the offending argument; reads
-    no tensor's values (no host synchronization). Returns the BCLayout of B and C.
+    no tensor's values (no host synchronization). Returns (the BCLayout of B and C, the
+    arguments' launch_signature, or None while torch.compile traces).
 
     The rules look only at what launch_signature records (types, dtypes, shapes, strides,
-    devices, bools), so a signature that passed once is not checked again."""
+    devices, bools), so a signature that passed once is not checked again; the launcher keys
+    its plans by the same signature."""
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
             initial_state, delta_scale, a_scale, delta_threshold, keep_idx)
     if torch.compiler.is_compiling():  # traced tensors have no data pointer to sign
-        return _check_inputs(*args)
-    return _CHECKED.get_or_build(launch_signature(*args), lambda: _check_inputs(*args))
+        return _check_inputs(*args), None
+    signature = launch_signature(*args)
+    return _CHECKED.get_or_build(signature, lambda: _check_inputs(*args)), signature
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,

@@ -43,16 +43,16 @@ def join_scale(tensor, number):
     return tensor if tensor is not None else number
 
 
-def carve(like, shapes, zeroed=False):
-    """Contiguous tensors of the given shapes, with like's dtype and device, as views of one new
-    buffer (one allocation, and one fill when zeroed, instead of one per tensor; each view
-    starts 16 bytes aligned)."""
+def carve(like, shapes):
+    """Contiguous uninitialized tensors of the given shapes, with like's dtype and device, as
+    views of one new buffer (one allocation instead of one per tensor; each view starts 16
+    bytes aligned)."""
     align = max(1, 16 // like.element_size())
     offsets, total = [], 0
     for shape in shapes:
         offsets.append(total)
         total += -(-math.prod(shape) // align) * align
-    buffer = like.new_zeros(total) if zeroed else like.new_empty(total)
+    buffer = like.new_empty(total)
     return [buffer.as_strided(shape, contiguous_strides(shape), offset)
             for shape, offset in zip(shapes, offsets)]
 
