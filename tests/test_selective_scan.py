@@ -87,7 +87,8 @@ def test_one_tile_state_sizes(dstate, keep):
 @pytest.mark.parametrize("segments", [1, 2])
 @pytest.mark.parametrize("dstate", [3, 20])
 def test_one_channel_per_program(segments, dstate):
-    """The GPU's short-sequence tiles (one channel per program), here forced: one or two
+    """One channel per program over several tiles with the states unrolled (forced: the
+    launcher takes one tile per channel up to one chunk and channel blocks beyond): one or two
     segments, N within one unrolled group of states and over it."""
     batch, dim, _, _ = SHORT_SHAPE
     L = 3 * 16 + 5 if not ON_GPU else 3 * 256 + 5
