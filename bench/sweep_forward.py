@@ -1,7 +1,8 @@
 """Launch-configuration sweep on the GPU: times selective_scan_fwd for each (channels per
-program, warps, register cap, programs per SM) and selective_scan_bwd for each (channels per
-program, positions per tile, warps), at shapes of the benchmark grid, next to mamba-ssm when it
-is built, and writes a CSV. Timing: triton.testing.do_bench (CUDA events), median, after
+program, warps, register cap, programs per SM) and selective_scan_bwd for each configuration
+of its main kernel (channels per program, positions per tile, warps, states per unrolled
+group, register cap), at shapes of the benchmark grid, next to mamba-ssm's forward and
+backward (its forward+backward less its forward) when it is built, and writes a CSV. Timing: triton.testing.do_bench (CUDA events), median, after
 warm-up, rotating over three input sets so that no run reads inputs left in L2 by the previous
 one. The kernels of every configuration are compiled first, in parallel processes.
 
@@ -46,8 +47,10 @@ TILE_SEGMENTS = [1, 2, 4, 8]
 # Positions per thread of one-tile launches (--tiles; sequences of one chunk or less: the whole
 # sequence in one tile of one channel, the states in a loop).
 ONE_TILE_PER_THREAD = [4, 8, 16, 32]
-# (BLOCK_D, BLOCK_T, num_warps) of the backward kernels; (8, 128, 4) is backward v1.
-BWD_CONFIGS = [(8, 128, 4), (32, 8, 1), (64, 8, 2), (128, 8, 4), (32, 16, 2)]
+# (channels, positions per tile, num_warps, states per unrolled group, maxnreg (0: none)) of
+# the main backward kernel; 32 · warps channels is one channel row per thread.
+BWD_CONFIGS = [(128, 8, 4, 4, 0), (128, 8, 4, 2, 0), (128, 8, 4, 1, 0), (128, 4, 4, 4, 0),
+               (128, 8, 4, 4, 128), (128, 8, 4, 8, 0), (64, 8, 2, 4, 0), (32, 8, 1, 4, 0)]
 TILES = False
 ONLY = None  # a regular expression the labels of the configurations must match
 
@@ -86,8 +89,10 @@ def fwd_cases(batch, dim, L, sms, size):
 
 
 def bwd_cases():
-    return [(f"bwd d{d} t{t} w{w}", dict(block_d=d, block_t=t, num_warps=w))
-            for d, t, w in BWD_CONFIGS]
+    cases = [(f"bwd d{d} t{t} w{w} g{g} r{r or '-'}",
+              dict(block_d=d, tile=t, num_warps=w, group=g, maxnreg=r or None))
+             for d, t, w, g, r in BWD_CONFIGS]
+    return [c for c in cases if ONLY is None or re.search(ONLY, c[0])]
 
 
 def run_fwd(s, cfg):
@@ -186,9 +191,23 @@ def main():
             timings.append((label, bench(lambda s: run_bwd(s, cfg, saved[id(s)]), sets)))
         del saved
         if mamba_fn is not None:
-            timings.append(("fwd mamba-ssm", bench(
-                lambda s: mamba_fn(s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], s["z"],
-                                   s["delta_bias"], True), sets)))
+            def mamba(s):
+                return mamba_fn(s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], s["z"],
+                                s["delta_bias"], True)
+
+            fwd_ms = bench(mamba, sets)
+            timings.append(("fwd mamba-ssm", fwd_ms))
+            if BWD_CONFIGS:
+                leaves = [{k: v.detach().requires_grad_(v.is_floating_point())
+                           if torch.is_tensor(v) else v for k, v in s.items()} for s in sets]
+                grads = [torch.randn_like(mamba(s)) for s in sets]
+
+                def fwd_bwd(s):
+                    k = next(i for i, x in enumerate(leaves) if x is s)
+                    mamba(s).backward(grads[k])
+
+                timings.append(("bwd mamba-ssm (fwd+bwd - fwd)", bench(fwd_bwd, leaves) - fwd_ms))
+                del leaves, grads
         for label, ms in timings:
             row = dict(dtype=str(dtype).replace("torch.", ""), batch=batch, dim=dim, L=L,
                        config=label, ms=round(ms, 4),
@@ -212,9 +231,9 @@ def main():
             first = mine[0]
             print(f"{key} {kind}: best {best['ms']} ({best['config']}), {first['config']} "
                   f"{first['ms']}")
-        mamba = [r["ms"] for r in group if "mamba" in r["config"]]
-        if mamba:
-            print(f"{key} fwd mamba-ssm {mamba[0]}")
+        for r in group:
+            if "mamba" in r["config"]:
+                print(f"{key} {r['config']} {r['ms']}")
 
 
 if __name__ == "__main__":

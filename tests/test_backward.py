@@ -172,16 +172,18 @@ def test_range_lengths(range_length, dstate):
     check_bwd_launch(args, kwargs, BCLayout(), range_length=range_length)
 
 
-@pytest.mark.parametrize("groups,splits", [(1, 2), (1, 4), (2, 2)])
-def test_channel_splits(groups, splits):
-    """The channels of each B/C group split over several programs of the main backward kernel
-    (the launcher does so when batch × chunks cannot fill the GPU), their partial dB/dC summed
-    afterwards."""
+@pytest.mark.parametrize("groups,block_d", [(1, 4 if ON_GPU else 2), (2, 8 if ON_GPU else 2),
+                                            (1, 64)])
+@pytest.mark.parametrize("group", [1, 3])
+def test_channel_blocks(groups, block_d, group):
+    """The main backward kernel's programs each own block_d channels; their partial dB/dC are
+    summed over the blocks of each B/C group afterwards. States in unrolled groups of `group`
+    (their carries through the program's scratch)."""
     batch, _, L, dstate = SHAPE
-    dim = 4 * (8 if ON_GPU else 4)  # four channel blocks
+    dim = 4 * (8 if ON_GPU else 2)  # several channel blocks per group
     args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, a_scale="dim_n")
     args[3] = torch.randn(batch, groups, dstate, L, device=DEVICE)
-    check_bwd_launch(args, kwargs, BCLayout(B_groups=groups), channel_splits=splits)
+    check_bwd_launch(args, kwargs, BCLayout(B_groups=groups), block_d=block_d, group=group)
 
 
 def test_gradient_through_last_state_only():

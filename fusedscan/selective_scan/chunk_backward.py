@@ -10,22 +10,24 @@ g_t = ∂L/∂h_t = C_t·dy_t + a_{t+1}·g_{t+1}, with ∂L/∂last_state added 
 
 and Δ̂'s chain (threshold mask, scale, softplus, bias) gives ∂L/∂delta and the parameters.
 
-The visited positions are cut into tiles of BLOCK_T, the same in all three kernels:
+The visited positions are cut into segments of BLOCK_T (128 positions on a GPU):
 1. `bwd_range_states_kernel` recomputes, from the states the forward pass saved every CHUNK
    positions, the state entering every range_len positions (a power-of-two multiple of BLOCK_T
    that divides CHUNK). Skipped when range_len = CHUNK.
-2. `bwd_grad_carries_kernel` walks the positions backwards and stores, for every tile, the
-   gradient reaching it from the right, G = a_{t+1}·g_{t+1} at the tile's last position t, and
-   finally ∂L/∂initial_state.
-3. `bwd_main_kernel`: one program per (batch row, range, channel group of B and C together)
-   walks its channels block by block and, for each block, the range's tiles forwards: it
-   rescans the states from the range's start state, runs the reverse scan for g from G, and
-   writes du, ddelta and dz. It takes the states NG at a time in a loop (the launcher uses
-   NG = 1: unrolling two scans per state over many states makes compiling slow), with their
-   carries in a per-program scratch. The sums over channels (dB, dC) and over positions (dA, dD,
-   ddelta_bias, ddelta_scale, fixed dB and dC) accumulate in slices of float32 buffers that
-   each belong to one program, in a fixed order, and are summed over programs by the caller:
-   the gradients are the same, bit for bit, on every run.
+2. `bwd_grad_carries_kernel` walks the positions backwards and stores, for every segment, the
+   gradient reaching it from the right, G = a_{t+1}·g_{t+1} at the segment's last position t,
+   and finally ∂L/∂initial_state.
+3. `bwd_main_kernel`: one program per (batch row, block of channels, range), in the forward
+   kernel's layout (one channel row per thread, a tile of 16 bytes of positions in its
+   registers). Per segment, a first pass from the segment's start state keeps the state
+   entering each tile in the program's scratch; a second pass walks the tiles backwards from
+   the segment's G, rescans each tile's states from the kept one, runs the reverse scan for g
+   and writes du, ddelta and dz. The states go in unrolled groups (main_config), their
+   gradient carries and sums through the scratch when there are several. The sums over
+   positions (dA, dD, ddelta_bias, ddelta_scale, fixed dB and dC) are per-channel registers
+   of the program; the sums over channels (variable dB, dC) are reduced over the program's
+   block and stored per block, to be summed by the caller in a fixed order: no atomics, the
+   gradients are the same, bit for bit, on every run.
 
 Kernels 1 and 2 need only each tile's aggregate, a weighted sum rather than a scan: with
 S_s = Σ_{m≤s} Δ̂_m inside a tile,
@@ -41,8 +43,8 @@ import triton
 import triton.language as tl
 
 from fusedscan.selective_scan.chunk import (
-    CHUNK_SIZE, MAX_GROUP, bc_source, bc_strides, fit_block_d, load_As, load_bc, load_states,
-    row_setup, store_states, tile_columns,
+    CHUNK_SIZE, MAX_GROUP, bc_source, bc_strides, fit_block_d, kept_bc, load_As, load_bc,
+    load_states, row_setup, scan_states, store_states, tile_columns, tile_inputs,
 )
 from fusedscan.utils.device import INTERPRETED, multiprocessor_count
 from fusedscan.utils.kernels import (
@@ -54,7 +56,7 @@ from fusedscan.utils.launch import (
     strides,
 )
 
-# Positions per tile of the backward kernels.
+# Positions per segment of the backward kernels (per tile of kernels 1 and 2).
 BWD_BLOCK_T = 16 if INTERPRETED else 128
 
 
@@ -65,15 +67,6 @@ def _reverse_combine(f1, p1, r1, f2, p2, r2):
     segment, (f2, p2, r2) the earlier one (the reverse scan's running value comes first)."""
     m = p2 * f1
     return f2, m * p1, r2 + m * r1
-
-
-@triton.jit
-def _accumulate(ptr, value, mask, written):
-    """ptr += value, for slices that only the calling program touches; ptr = value where it was
-    not `written` before (a scalar: the first tile or channel block to reach the slice), so
-    that the accumulators need no zero fill."""
-    tl.store(ptr, tl.load(ptr, mask=mask & written, other=0.0, cache_modifier=".cg") + value,
-             mask=mask)
 
 
 @triton.jit
@@ -266,122 +259,225 @@ def bwd_grad_carries_kernel(
 
 
 @triton.jit
-def _bwd_states(
-    n0, dstate, k, dt, u, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first, is_last,
-    A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult,
-    B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
-    carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n, later_tile, later_block,
-    NG: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
+def _slot_states(slot_rows, k, n0, nslot, NG: tl.constexpr):
+    """States n0 .. n0+NG-1 of slot k of a program's scratch, laid out [slot, state, channel]."""
+    hs = ()
+    for i in tl.static_range(NG):
+        hs = hs + (tl.load(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0]),)
+    return hs
+
+
+@triton.jit
+def _row_states(slot_rows, k, n0, nslot, row_ok, NG: tl.constexpr):
+    """_slot_states, zero in the rows past `dim` (whose first pass read the last channel)."""
+    hs = ()
+    for i in tl.static_range(NG):
+        hs = hs + (tl.where(row_ok, tl.load(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0]),
+                            0.0),)
+    return hs
+
+
+@triton.jit
+def _store_slot(slot_rows, k, n0, nslot, hs, NG: tl.constexpr):
+    for i in tl.static_range(NG):
+        tl.store(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0], hs[i])
+
+
+@triton.jit
+def _added(xs, ys, NG: tl.constexpr):
+    out = ()
+    for i in tl.static_range(NG):
+        out = out + (xs[i] + ys[i],)
+    return out
+
+
+@triton.jit
+def _state_tile(
+    k, j0, j_hi, seqlen, hs, As, rows, row_ok, cols, u_rows, delta_rows, keep_row, stride_u_l,
+    stride_delta_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult, B_src,
+    stride_B_n, stride_B_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, dstate,
+    nslot, n_groups,
+    BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr,
+    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
 ):
-    """States n0 .. n0+NG-1 of one tile: rescans h from the carry, runs the reverse scan for g
-    from the tile's G, and adds their terms to y, du and ddt (returned) and to the program's
-    slices of dA and dB, dC (per-channel slices hold a value from the program's second tile on,
-    per-position ones from its second channel block on: later_tile, later_block). A padding
-    state (n ≥ N) has A = B = C = 0 and adds nothing."""
+    """First pass over tile k of a segment: keeps the states entering it in slot k. One group:
+    from the register carries hs, returning those after the tile; several: slot k → k + 1."""
+    j, pos, col_ok, col_mask, dt, dtu, y, bc_offs_B, bc_offs, is_first, is_last = tile_inputs(
+        j0, j_hi, seqlen, rows, cols, u_rows, delta_rows, keep_row, stride_u_l, stride_delta_l,
+        stride_keep_k, stride_B_l, stride_B_l, delta_bias, delta_scale, delta_threshold, D, flags,
+        BLOCK_T, MASK_T, HAS_KEEP_IDX)
+    if not MULTI_GROUP:
+        _store_slot(slot_rows, k, 0, nslot, hs, NG)
+        hs, _ = scan_states(0, dstate, hs, As, dt, dtu, y, col_mask, row_ok, bc_offs_B, bc_offs_B,
+                            is_first, is_last, B_src, stride_B_n, B_src, stride_B_n, NG, False,
+                            MASK_T, B_VARIABLE, B_VARIABLE, True)
+    else:
+        for g in range(n_groups):
+            n0 = g * NG
+            As_g = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
+                           dstate, row_ok, NG)
+            hs_g, _ = scan_states(n0, dstate, _slot_states(slot_rows, k, n0, nslot, NG), As_g, dt,
+                                  dtu, y, col_mask, row_ok, bc_offs_B, bc_offs_B, is_first,
+                                  is_last, B_src, stride_B_n, B_src, stride_B_n, NG, True, MASK_T,
+                                  B_VARIABLE, B_VARIABLE, True)
+            _store_slot(slot_rows, k + 1, n0, nslot, hs_g, NG)
+        tl.debug_barrier()
+    return hs
+
+
+@triton.jit
+def _bwd_states(
+    n0, dstate, hs, Gs, As, dt, u, dtu, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first,
+    is_last, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C, dB_at, dC_at,
+    stride_dBC_n,
+    NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr,
+    C_VARIABLE: tl.constexpr,
+):
+    """States n0 .. n0+NG-1 of one tile: rescans h from the states hs entering the tile, runs
+    the reverse scan for g from the gradients Gs entering it from the right, adds their terms
+    to y, du and ddt and stores the tile's sums over the block's channels of dB and dC when
+    variable (as row 0 of a [BLOCK_D, BLOCK_T] tile, which keeps the tile's register layout).
+    Returns the gradients entering the tile's first position, the tile's sums over positions
+    of ∂L/∂A_eff (and of dB, dC when fixed), y, du and ddt. A padding state (n ≥ N) has
+    A = B = C = 0 and adds nothing."""
     ACC = dt.dtype
+    new_Gs = ()
+    dAs = ()
+    dBs = ()
+    dCs = ()
     for i in tl.static_range(NG):
         n = n0 + i
-        state_ok = n < dstate
-        ok = row_ok & state_ok
-        A2 = load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n, ok)
-        h_in = tl.load(carry_src + n, mask=ok, other=0.0, cache_modifier=".cg")
-        G = tl.load(g_rows + k * dstate + n, mask=ok, other=0.0)
+        if MULTI_GROUP:
+            state_ok = n < dstate
+        else:
+            state_ok = True
         B_n = load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, ACC, MASK_T,
                        B_VARIABLE)
         C_n = load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask, ACC, MASK_T,
                        C_VARIABLE)
-        a = tl.exp2(dt * A2[:, None])
-        b = dt * u * B_n
-        _, h = tl.associative_scan((a, tl.where(is_first, a * h_in[:, None] + b, b)), axis=1,
+        a = tl.exp2(dt * As[i][:, None])
+        b = dtu * B_n
+        _, h = tl.associative_scan((a, tl.where(is_first, a * hs[i][:, None] + b, b)), axis=1,
                                    combine_fn=scan_combine)
         c = C_n * dy
-        c = tl.where(is_last, c + G[:, None], c)
+        c = tl.where(is_last, c + Gs[i][:, None], c)
         _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, ACC), c), axis=1,
                                       combine_fn=_reverse_combine, reverse=True)
-        tl.store(carry_dst + n, tl.sum(tl.where(is_last, h, -0.0), axis=1), mask=ok)
-
+        new_Gs = new_Gs + (tl.sum(tl.where(is_first, a * g, -0.0), axis=1),)
         y += h * C_n
         gdt = g * dt
         du += gdt * B_n
         ah = h - b  # a_t·h_{t−1}
-        ddt += g * (u * B_n + ah * (A2 * LN2)[:, None])
-        _accumulate(dA_rows + n, tl.sum(g * ah * dt, axis=1), ok, later_tile)
-        # Sums over the block's channels go through row 0 of a [BLOCK_D, BLOCK_T] tile: a
-        # [BLOCK_T] vector would pull the whole tile into a layout spread over the warps.
+        ddt += g * (u * B_n + ah * (As[i] * LN2)[:, None])
+        dAs = dAs + (tl.sum(g * ah * dt, axis=1),)
         if B_VARIABLE:
-            _accumulate(dB_at + n * stride_dBC_n, tl.sum(gdt * u, axis=0)[None, :],
-                        lead_row & col_mask & state_ok, later_block)
+            tl.store(dB_at + n * stride_dBC_n, tl.sum(gdt * u, axis=0)[None, :],
+                     mask=lead_row & col_mask & state_ok)
         else:
-            _accumulate(dB_at + n, tl.sum(gdt * u, axis=1), ok, later_tile)
+            dBs = dBs + (tl.sum(gdt * u, axis=1),)
         if C_VARIABLE:
-            _accumulate(dC_at + n * stride_dBC_n, tl.sum(dy * h, axis=0)[None, :],
-                        lead_row & col_mask & state_ok, later_block)
+            tl.store(dC_at + n * stride_dBC_n, tl.sum(dy * h, axis=0)[None, :],
+                     mask=lead_row & col_mask & state_ok)
         else:
-            _accumulate(dC_at + n, tl.sum(dy * h, axis=1), ok, later_tile)
-    return y, du, ddt
+            dCs = dCs + (tl.sum(dy * h, axis=1),)
+    return new_Gs, dAs, dBs, dCs, y, du, ddt
 
 
 @triton.jit
 def _bwd_tile(
-    j0, j_hi, k, seqlen, rows, row_ok, cols, u_rows, delta_rows, z_rows, dout_rows, du_rows,
-    ddelta_rows, dz_rows, keep_row, stride_u_l, stride_delta_l, stride_z_l, stride_dout_l,
-    stride_du_l, stride_ddelta_l, stride_dz_l, stride_keep_k,
+    k, j0, j_hi, seqlen, Gs, dAs, dBs, dCs, As, rows, row_ok, cols, u_rows, delta_rows, z_rows,
+    dout_rows, du_rows, ddelta_rows, dz_rows, keep_row, stride_u_l, stride_delta_l, stride_z_l,
+    stride_dout_l, stride_du_l, stride_ddelta_l, stride_dz_l, stride_keep_k,
     A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
     B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-    delta_bias, delta_scale, delta_threshold, D, flags,
-    carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n, dstate, n_groups,
-    later_tile, later_block,
-    BLOCK_T: tl.constexpr, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
+    delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, gslot_rows, acc_rows, G_rows,
+    dB_base, dC_base, stride_dBC_n, dstate, nslot, n_groups, seg_last,
+    BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
+    C_VARIABLE: tl.constexpr,
 ):
-    """One tile of one channel block: stores du, ddelta, dz; returns the tile's sums per channel
-    of dy·u (dD), ∂L/∂(delta + bias) (ddelta_bias) and ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
+    """Second pass over tile k of a segment (seg_last: its last tile, whose gradients enter from
+    G_rows): stores du, ddelta, dz. One group: carries Gs and the accumulators dAs (dBs, dCs
+    when fixed) in registers and returns them; several: through the program's scratch. Also
+    returns the tile's sums per channel of dy·u (dD), ∂L/∂(delta + bias) (ddelta_bias) and
+    ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
     ACC = D.dtype
     j, pos, col_ok, col_mask, _ = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
                                                 seqlen, MASK_T, HAS_KEEP_IDX)
+    # Rows past `dim` re-read the last channel; with u = 0 and a zero start state there they
+    # add nothing to the sums over channels.
     u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=col_mask, other=0.0).to(ACC)
-    # Rows past `dim` re-read the last channel; with u = 0 there (so b = h = 0) they add
-    # nothing to the sums over channels.
     u = tl.where(row_ok[:, None], u, 0.0)
     delta = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
-    dt, pre, sp = delta_hat(delta, delta_bias, delta_scale, delta_threshold, flags)
-    cut = sp * delta_scale[:, None] <= delta_threshold[:, None]  # no gradient to delta here
+    dt, _, _ = delta_hat(delta, delta_bias, delta_scale, delta_threshold, flags)
     if MASK_T:
         dt = tl.where(col_mask, dt, 0.0)
-        cut = cut | (col_mask == 0)
-    dy, dout, z, sig = _load_dy(dout_rows, z_rows, j, pos, stride_dout_l, stride_z_l, col_mask,
-                                ACC, HAS_Z)
-
+    dy, _, _, _ = _load_dy(dout_rows, z_rows, j, pos, stride_dout_l, stride_z_l, col_mask, ACC,
+                           HAS_Z)
+    tile_dD = tl.sum(dy * u, axis=1)
+    dtu = dt * u
     y = u * D[:, None]
     du = dy * D[:, None]
     ddt = tl.zeros(dt.shape, ACC)
     zero_rows = (rows * 0)[:, None]
-    bc_offs_B = zero_rows + pos[None, :] * stride_B_l
-    bc_offs_C = zero_rows + pos[None, :] * stride_C_l
+    # B and C (and the sums of their gradients) by visited index, like the forward kernel's.
+    bc_offs_B = zero_rows + j[None, :] * stride_B_l
+    bc_offs_C = zero_rows + j[None, :] * stride_C_l
     lead_row = (tl.arange(0, rows.shape[0]) == 0)[:, None]
-    if B_VARIABLE:
-        dB_at = dB_base + zero_rows + j[None, :]
-    else:
-        dB_at = dB_base
-    if C_VARIABLE:
-        dC_at = dC_base + zero_rows + j[None, :]
-    else:
-        dC_at = dC_base
+    dB_at = dB_base + zero_rows + j[None, :] if B_VARIABLE else dB_base
+    dC_at = dC_base + zero_rows + j[None, :] if C_VARIABLE else dC_base
     is_first = (cols == 0)[None, :]
     is_last = (cols == BLOCK_T - 1)[None, :]
-    for g in range(n_groups):
-        y, du, ddt = _bwd_states(
-            g * NG, dstate, k, dt, u, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first, is_last,
-            A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult,
-            B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
-            carry_src, carry_dst, g_rows, dA_rows, dB_at, dC_at, stride_dBC_n, later_tile,
-            later_block, NG, MASK_T, B_VARIABLE, C_VARIABLE)
+    if not MULTI_GROUP:
+        hs = _row_states(slot_rows, k, 0, nslot, row_ok, NG)
+        Gs, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
+            0, dstate, hs, Gs, As, dt, u, dtu, dy, y, du, ddt, row_ok, lead_row, col_mask,
+            is_first, is_last, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C, dB_at,
+            dC_at, stride_dBC_n, NG, False, MASK_T, B_VARIABLE, C_VARIABLE)
+        dAs = _added(dAs, tile_dA, NG)
+        if not B_VARIABLE:
+            dBs = _added(dBs, tile_dB, NG)
+        if not C_VARIABLE:
+            dCs = _added(dCs, tile_dC, NG)
+    else:
+        for g in range(n_groups):
+            n0 = g * NG
+            hs_g = _row_states(slot_rows, k, n0, nslot, row_ok, NG)
+            Gs_g = ()
+            for i in tl.static_range(NG):
+                G_at = tl.where(seg_last, G_rows + n0 + i,
+                                gslot_rows + (n0 + i) * gslot_rows.shape[0])
+                Gs_g = Gs_g + (tl.load(G_at, mask=row_ok & (n0 + i < dstate), other=0.0),)
+            As_g = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
+                           dstate, row_ok, NG)
+            Gs_g, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
+                n0, dstate, hs_g, Gs_g, As_g, dt, u, dtu, dy, y, du, ddt, row_ok, lead_row,
+                col_mask, is_first, is_last, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n,
+                bc_offs_C, dB_at, dC_at, stride_dBC_n, NG, True, MASK_T, B_VARIABLE, C_VARIABLE)
+            _store_slot(gslot_rows, 0, n0, nslot, Gs_g, NG)
+            _store_slot(acc_rows, 0, n0, nslot,
+                        _added(_slot_states(acc_rows, 0, n0, nslot, NG), tile_dA, NG), NG)
+            if not B_VARIABLE:
+                _store_slot(acc_rows, 1, n0, nslot,
+                            _added(_slot_states(acc_rows, 1, n0, nslot, NG), tile_dB, NG), NG)
+            if not C_VARIABLE:
+                _store_slot(acc_rows, 2, n0, nslot,
+                            _added(_slot_states(acc_rows, 2, n0, nslot, NG), tile_dC, NG), NG)
+        tl.debug_barrier()
 
     store_mask = row_ok[:, None] & col_ok[None, :]
+    # What only the stores need is loaded again here rather than kept live across the states.
     if HAS_Z:
+        _, dout, z, sig = _load_dy(dout_rows, z_rows, j, pos, stride_dout_l, stride_z_l,
+                                   col_mask, ACC, HAS_Z)
         dz = dout * y * sig * (1.0 + z * (1.0 - sig))
         tl.store(dz_rows + pos[None, :] * stride_dz_l, dz.to(dz_rows.dtype.element_ty),
                  mask=store_mask)
+    delta = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
+    _, pre, sp = delta_hat(delta, delta_bias, delta_scale, delta_threshold, flags)
+    cut = sp * delta_scale[:, None] <= delta_threshold[:, None]  # no gradient to delta here
+    if MASK_T:
+        cut = cut | (col_mask == 0)
     tl.store(du_rows + pos[None, :] * stride_du_l, du.to(du_rows.dtype.element_ty),
              mask=store_mask)
     ddt = tl.where(cut, 0.0, ddt)
@@ -390,16 +486,17 @@ def _bwd_tile(
         dpre *= tl.where(pre > 20.0, 1.0, tl.sigmoid(pre))
     tl.store(ddelta_rows + pos[None, :] * stride_ddelta_l, dpre.to(ddelta_rows.dtype.element_ty),
              mask=store_mask)
-    return tl.sum(dy * u, axis=1), tl.sum(dpre, axis=1), tl.sum(ddt * sp, axis=1)
+    return Gs, dAs, dBs, dCs, tile_dD, tl.sum(dpre, axis=1), tl.sum(ddt * sp, axis=1)
 
 
-@triton.jit(do_not_specialize=["flags", "n_cgroups", "n_ranges", "n_tiles", "n_groups"])
+@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_ranges", "range_len", "n_gtiles",
+                               "n_groups", "per_program"])
 def bwd_main_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
     a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, range_states_ptr, gcarry_ptr,
-    carry_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr, delta_mult, a_mult,
-    dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, dim_per_cgroup, n_cgroups,
-    n_ranges, range_len, n_tiles, n_groups, flags,
+    scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr, delta_mult, a_mult,
+    dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_ranges,
+    range_len, n_gtiles, n_groups, per_program, flags,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
@@ -412,120 +509,176 @@ def bwd_main_kernel(
     stride_C_b, stride_C_g, stride_C_n, stride_C_l,
     stride_as_d, stride_as_n,
     stride_keep_b, stride_keep_k,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
+    SEG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
+    MULTI_GROUP: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
+    B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
 ):
-    """Grid (batch · n_ranges, n_cgroups). Writes du, ddelta, dz (at the visited positions) and
-    accumulates into zero-filled float32 buffers: dA (batch · n_ranges, dim, N); dB, dC as
-    (batch, n_cgroups, N, K) when variable, else (batch · n_ranges, dim, N). Writes dchan
-    (batch · n_ranges, 3, dim): the sums for dD, ddelta_bias and ddelta_scale."""
-    pid = tl.program_id(0).to(tl.int64)
-    cg = tl.program_id(1)
-    b = pid // n_ranges
-    r = pid % n_ranges
+    """Grid (batch · n_dblocks, n_ranges). One program owns BLOCK_D channels (one row per
+    thread, BLOCK_T positions in its registers, as in the forward kernel) and one range of
+    visited positions, which it walks in segments of SEG (the tiles of gcarry). Per segment, a
+    first pass from the segment's start state keeps the state entering every tile in the
+    program's scratch (per_program floats: SEG / BLOCK_T + 1 slots of n_groups · NG states,
+    then, with MULTI_GROUP, the gradient carries and the accumulators); a second pass walks the
+    tiles backwards from gcarry's gradient, rescanning each from its kept state. Writes du,
+    ddelta, dz at the visited positions; dA (batch · n_ranges, dim, N); dB, dC as the sums over
+    each channel block (batch, n_dblocks, N, K) when variable, else (batch · n_ranges, dim, N);
+    dchan (batch · n_ranges, 3, dim): the sums for dD, ddelta_bias and ddelta_scale. B and C are
+    read by visited index (with keep_idx, the kept positions' copies). Every element is
+    written once: no zero fill, no atomics."""
+    pid = tl.program_id(0)
+    r = tl.program_id(1)
+    b, d0, rows, row_ok, rows64, in_rows64 = row_setup(pid, n_dblocks, dim, BLOCK_D)
     ACC = A_ptr.dtype.element_ty
     cols = tl.arange(0, BLOCK_T)
-    j_lo = r * range_len
-    j_hi = tl.minimum(j_lo + range_len, nvisit)
-    n_full = (j_hi - j_lo) // BLOCK_T
+    u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
+    delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
+    z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
+    dout_rows = (dout_ptr + b * stride_dout_b + in_rows64 * stride_dout_d)[:, None]
+    du_rows = (du_ptr + b * stride_du_b + rows64 * stride_du_d)[:, None]
+    ddelta_rows = (ddelta_ptr + b * stride_ddelta_b + rows64 * stride_ddelta_d)[:, None]
+    dz_rows = (dz_ptr + b * stride_dz_b + rows64 * stride_dz_d)[:, None]
     keep_row = keep_idx_ptr + b * stride_keep_b
-    carry = carry_ptr + (pid * n_cgroups + cg).to(tl.int64) * (2 * BLOCK_D) * dstate
-    carry_rows = carry + tl.arange(0, BLOCK_D) * dstate
-    slot = BLOCK_D * dstate
-    # Program-owned slices of the accumulators.
+    A_rows = A_ptr + rows64 * stride_A_d
+    a_scale_rows = a_scale_ptr + rows64 * stride_as_d
+    B_src = bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
+    C_src = bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
+    delta_bias, delta_scale, delta_threshold = channel_params(
+        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
+    D = load_D(D_ptr, rows, row_ok, flags)
+    g_rows = gcarry_ptr + (b * dim + rows64) * n_gtiles * dstate
+    range_rows = range_states_ptr + ((b * dim + rows64) * n_ranges + r) * dstate
+    row = b * n_ranges + r  # this program's row of the partial sums over positions
+    dA_rows = dA_ptr + (row * dim + rows64) * dstate
     stride_dBC_n = nvisit
-    dBC_base = (b * n_cgroups + cg) * dstate * nvisit
+    dBC_base = (b * n_dblocks + pid % n_dblocks) * dstate * nvisit
+    dB_base = dB_ptr + dBC_base if B_VARIABLE else dB_ptr + (row * dim + rows64) * dstate
+    dC_base = dC_ptr + dBC_base if C_VARIABLE else dC_ptr + (row * dim + rows64) * dstate
+    nslot = n_groups * NG
+    slot_rows = (scratch_ptr + (pid.to(tl.int64) * n_ranges + r) * per_program
+                 + tl.arange(0, BLOCK_D))
+    gslot_rows = slot_rows + (SEG // BLOCK_T + 1) * nslot * BLOCK_D
+    acc_rows = gslot_rows + nslot * BLOCK_D
 
-    d_begin = cg * dim_per_cgroup
-    for d0 in range(d_begin, d_begin + dim_per_cgroup, BLOCK_D):
-        rows = d0 + tl.arange(0, BLOCK_D)
-        row_ok = rows < dim
-        rows64 = rows.to(tl.int64)
-        in_rows64 = tl.minimum(rows, dim - 1).to(tl.int64)
-        u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
-        delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
-        z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
-        dout_rows = (dout_ptr + b * stride_dout_b + in_rows64 * stride_dout_d)[:, None]
-        du_rows = (du_ptr + b * stride_du_b + rows64 * stride_du_d)[:, None]
-        ddelta_rows = (ddelta_ptr + b * stride_ddelta_b + rows64 * stride_ddelta_d)[:, None]
-        dz_rows = (dz_ptr + b * stride_dz_b + rows64 * stride_dz_d)[:, None]
-        A_rows = A_ptr + rows64 * stride_A_d
-        a_scale_rows = a_scale_ptr + rows64 * stride_as_d
-        B_src = bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g,
-                           B_VARIABLE)
-        C_src = bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g,
-                           C_VARIABLE)
-        delta_bias, delta_scale, delta_threshold = channel_params(
-            rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
-        D = load_D(D_ptr, rows, row_ok, flags)
-        g_rows = gcarry_ptr + (b * dim + rows64) * n_tiles * dstate
-        dA_rows = dA_ptr + (pid * dim + rows64) * dstate
-        if B_VARIABLE:
-            dB_base = dB_ptr + dBC_base
-        else:
-            dB_base = dB_ptr + (pid * dim + rows64) * dstate
-        if C_VARIABLE:
-            dC_base = dC_ptr + dBC_base
-        else:
-            dC_base = dC_ptr + (pid * dim + rows64) * dstate
-
-        # The range's start state goes to slot 0 of the carry scratch; tile k reads slot k % 2.
-        range_rows = range_states_ptr + ((b * dim + rows64) * n_ranges + r) * dstate
+    if not MULTI_GROUP:
+        hs = load_states(range_rows, 0, dstate, row_ok, NG)
+        As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, 0, dstate,
+                     row_ok, NG)
+        zeros = ()
+        for i in tl.static_range(NG):
+            zeros = zeros + (tl.zeros([BLOCK_D], ACC),)
+        dAs = zeros
+        dBs = () if B_VARIABLE else zeros
+        dCs = () if C_VARIABLE else zeros
+    else:
+        hs = ()
+        As = ()
+        dAs = ()
+        dBs = ()
+        dCs = ()
         for g in range(n_groups):
-            store_states(carry_rows, g * NG, dstate,
-                          load_states(range_rows, g * NG, dstate, row_ok, NG), row_ok, NG)
+            n0 = g * NG
+            _store_slot(slot_rows, 0, n0, nslot, load_states(range_rows, n0, dstate, row_ok, NG),
+                        NG)
+            zeros = ()
+            for i in tl.static_range(NG):
+                zeros = zeros + (tl.zeros([BLOCK_D], ACC),)
+            for q in tl.static_range(3):
+                _store_slot(acc_rows, q, n0, nslot, zeros, NG)
         tl.debug_barrier()
 
-        sum_dD = tl.zeros([BLOCK_D], ACC)
-        sum_dbias = tl.zeros([BLOCK_D], ACC)
-        sum_dscale = tl.zeros([BLOCK_D], ACC)
-        for t in range(n_full + (j_lo + n_full * BLOCK_T < j_hi)):
-            j0 = j_lo + t * BLOCK_T
-            carry_src = carry_rows + (t % 2) * slot
-            carry_dst = carry_rows + ((t + 1) % 2) * slot
-            if t < n_full:
-                tile_dD, tile_dbias, tile_dscale = _bwd_tile(
-                    j0, j_hi, j0 // BLOCK_T, seqlen, rows, row_ok, cols, u_rows, delta_rows,
-                    z_rows, dout_rows, du_rows, ddelta_rows, dz_rows, keep_row, stride_u_l,
-                    stride_delta_l, stride_z_l, stride_dout_l, stride_du_l, stride_ddelta_l,
-                    stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows, stride_as_n,
-                    a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
-                    stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags,
-                    carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n,
-                    dstate, n_groups, t > 0, d0 > d_begin, BLOCK_T, NG, False, HAS_Z,
-                    HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE)
-            else:
-                tile_dD, tile_dbias, tile_dscale = _bwd_tile(
-                    j0, j_hi, j0 // BLOCK_T, seqlen, rows, row_ok, cols, u_rows, delta_rows,
-                    z_rows, dout_rows, du_rows, ddelta_rows, dz_rows, keep_row, stride_u_l,
-                    stride_delta_l, stride_z_l, stride_dout_l, stride_du_l, stride_ddelta_l,
-                    stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows, stride_as_n,
-                    a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
-                    stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags,
-                    carry_src, carry_dst, g_rows, dA_rows, dB_base, dC_base, stride_dBC_n,
-                    dstate, n_groups, t > 0, d0 > d_begin, BLOCK_T, NG, True, HAS_Z,
-                    HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE)
-            sum_dD += tile_dD
-            sum_dbias += tile_dbias
-            sum_dscale += tile_dscale
-            # The next tile reads the carries and accumulator slices this one wrote.
+    sum_dD = tl.zeros([BLOCK_D], ACC)
+    sum_dbias = tl.zeros([BLOCK_D], ACC)
+    sum_dscale = tl.zeros([BLOCK_D], ACC)
+    # In whole segments, so that the compiler sees every tile start aligned for vector loads.
+    segs_per_range = range_len // SEG
+    j_lo = r * segs_per_range * SEG
+    j_hi = tl.minimum(j_lo + range_len, nvisit)
+    for s in range(tl.cdiv(j_hi - j_lo, SEG)):
+        # The scratch's slots are rewritten below: every thread is done with the last
+        # segment's (rows held by several threads read what another one wrote).
+        tl.debug_barrier()
+        s0 = j_lo + s * SEG
+        s_hi = tl.minimum(s0 + SEG, j_hi)
+        n_full = (s_hi - s0) // BLOCK_T
+        partial = s0 + n_full * BLOCK_T < s_hi
+        n_tiles = tl.cdiv(s_hi - s0, BLOCK_T)
+        G_rows = g_rows + (s0 // SEG) * dstate
+        for k in range(n_full):
+            hs = _state_tile(
+                k, s0 + k * BLOCK_T, s_hi, seqlen, hs, As, rows, row_ok, cols, u_rows,
+                delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k, A_rows,
+                stride_A_n, a_scale_rows, stride_as_n, a_mult, B_src, stride_B_n, stride_B_l,
+                delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, dstate, nslot,
+                n_groups, BLOCK_T, NG, MULTI_GROUP, False, HAS_KEEP_IDX, B_VARIABLE)
+        if partial:
+            hs = _state_tile(
+                n_full, s0 + n_full * BLOCK_T, s_hi, seqlen, hs, As, rows, row_ok, cols, u_rows,
+                delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k, A_rows,
+                stride_A_n, a_scale_rows, stride_as_n, a_mult, B_src, stride_B_n, stride_B_l,
+                delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, dstate, nslot,
+                n_groups, BLOCK_T, NG, MULTI_GROUP, True, HAS_KEEP_IDX, B_VARIABLE)
+
+        if MULTI_GROUP:
+            Gs = ()
+        else:
+            Gs = load_states(G_rows, 0, dstate, row_ok, NG)
+        if partial:
+            Gs, dAs, dBs, dCs, t_dD, t_dbias, t_dscale = _bwd_tile(
+                n_full, s0 + n_full * BLOCK_T, s_hi, seqlen, Gs, dAs, dBs, dCs, As, rows, row_ok,
+                cols, u_rows, delta_rows, z_rows, dout_rows, du_rows, ddelta_rows, dz_rows,
+                keep_row, stride_u_l, stride_delta_l, stride_z_l, stride_dout_l, stride_du_l,
+                stride_ddelta_l, stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows,
+                stride_as_n, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
+                stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
+                gslot_rows, acc_rows, G_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
+                n_groups, True, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
+                C_VARIABLE)
+            sum_dD += t_dD
+            sum_dbias += t_dbias
+            sum_dscale += t_dscale
+        for k_rev in range(n_full):
+            k = n_full - 1 - k_rev
+            Gs, dAs, dBs, dCs, t_dD, t_dbias, t_dscale = _bwd_tile(
+                k, s0 + k * BLOCK_T, s_hi, seqlen, Gs, dAs, dBs, dCs, As, rows, row_ok, cols,
+                u_rows, delta_rows, z_rows, dout_rows, du_rows, ddelta_rows, dz_rows, keep_row,
+                stride_u_l, stride_delta_l, stride_z_l, stride_dout_l, stride_du_l,
+                stride_ddelta_l, stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows,
+                stride_as_n, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
+                stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
+                gslot_rows, acc_rows, G_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
+                n_groups, k == n_tiles - 1, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z,
+                HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE)
+            sum_dD += t_dD
+            sum_dbias += t_dbias
+            sum_dscale += t_dscale
+        if MULTI_GROUP:
+            # The next segment starts from the state after this one's last tile.
+            for g in range(n_groups):
+                _store_slot(slot_rows, 0, g * NG, nslot,
+                            _slot_states(slot_rows, n_tiles, g * NG, nslot, NG), NG)
             tl.debug_barrier()
-        chan_rows = dchan_ptr + pid * 3 * dim + rows64
-        tl.store(chan_rows, sum_dD, mask=row_ok)
-        tl.store(chan_rows + dim, sum_dbias, mask=row_ok)
-        tl.store(chan_rows + 2 * dim, sum_dscale, mask=row_ok)
 
-
-def _channel_splits(per_cgroup, block_d, programs, device):
-    """Programs of the main backward kernel per group of channels: halves the channels per
-    program (down to 8 blocks) while fewer than two programs per SM would run. Each split adds
-    a (batch, N, K) float32 slice of partial dB/dC sums."""
-    splits, target = 1, 2 * multiprocessor_count(device)
-    while (programs * splits < target and per_cgroup % (2 * splits) == 0
-           and per_cgroup // (2 * splits) % block_d == 0
-           and per_cgroup // (2 * splits) >= 8 * block_d):
-        splits *= 2
-    return splits
+    if not MULTI_GROUP:
+        store_states(dA_rows, 0, dstate, dAs, row_ok, NG)
+        if not B_VARIABLE:
+            store_states(dB_base, 0, dstate, dBs, row_ok, NG)
+        if not C_VARIABLE:
+            store_states(dC_base, 0, dstate, dCs, row_ok, NG)
+    else:
+        for g in range(n_groups):
+            n0 = g * NG
+            store_states(dA_rows, n0, dstate, _slot_states(acc_rows, 0, n0, nslot, NG), row_ok,
+                         NG)
+            if not B_VARIABLE:
+                store_states(dB_base, n0, dstate, _slot_states(acc_rows, 1, n0, nslot, NG),
+                             row_ok, NG)
+            if not C_VARIABLE:
+                store_states(dC_base, n0, dstate, _slot_states(acc_rows, 2, n0, nslot, NG),
+                             row_ok, NG)
+    chan_rows = dchan_ptr + row * 3 * dim + rows64
+    tl.store(chan_rows, sum_dD, mask=row_ok)
+    tl.store(chan_rows + dim, sum_dbias, mask=row_ok)
+    tl.store(chan_rows + 2 * dim, sum_dscale, mask=row_ok)
 
 
 def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
@@ -536,6 +689,18 @@ def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
     while length > block_t and programs_per_range * triton.cdiv(nvisit, length) < target:
         length //= 2
     return length
+
+
+def main_config(size):
+    """(states per unrolled group, maxnreg) of the main kernel by the inputs' element size.
+    With more than one group the gradient carries and accumulators go through the program's
+    scratch. H200 (docs/kernel-log.md): 16-bit inputs one state at a time with 128 registers
+    (two programs per SM; bf16 1x1536x32768 6.4 ms against 7.7 with groups of four and 10.3
+    uncapped); float32 groups of four, uncapped (8.0 ms against 8.7 capped, 9.2 one state at a
+    time). The interpreter: one group of up to MAX_GROUP states."""
+    if INTERPRETED:
+        return MAX_GROUP, None
+    return (1, 128) if size == 2 else (4, 0)
 
 
 def _bc_grad(partial, M, variable, groups, keep_idx):
@@ -562,6 +727,8 @@ def _bc_grad(partial, M, variable, groups, keep_idx):
 RANGE_STATES_DYNAMIC_ARGS = 13
 GRAD_CARRIES_DYNAMIC_ARGS = 15
 MAIN_DYNAMIC_ARGS = 25
+# Channels per program of the range-state and gradient-carry kernels.
+CARRY_BLOCK_D = 4 if INTERPRETED else 8
 # BackwardPlans by the inputs' launch_signature, layout and tuning.
 BACKWARD_PLANS = SignatureCache()
 
@@ -578,44 +745,52 @@ class BackwardPlan(NamedTuple):
     dB_shape: tuple
     dC_shape: tuple
     dchan_shape: tuple
-    carry_size: int
+    scratch_size: int
 
 
-def backward_plan(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, tuning):
-    """The BackwardPlan of selective_scan_bwd for these inputs and tuning (chunk_size, block_d,
-    block_t, range_length, channel_splits, num_warps)."""
-    chunk_size, block_d, block_t, range_length, channel_splits, num_warps = tuning
+def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, tuning):
+    """The BackwardPlan of selective_scan_bwd for these inputs (main_B, main_C: B and C as the
+    main kernel reads them, by visited index) and tuning (chunk_size, block_d, block_t,
+    range_length, tile, num_warps, group, maxnreg)."""
+    chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg = tuning
     batch, dim, L = u.shape
     dstate = A.shape[1]
     keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
     nvisit = opts.visited or L
     chunk_size = chunk_size or CHUNK_SIZE
     n_chunks = triton.cdiv(nvisit, chunk_size)
-    n_cgroups = math.lcm(layout.B_groups, layout.C_groups)
-    per_cgroup = dim // n_cgroups
-    block_d = fit_block_d(block_d or (4 if INTERPRETED else 8), per_cgroup, dim)
+    per_cgroup = dim // math.lcm(layout.B_groups, layout.C_groups)
+    block_d = fit_block_d(block_d or (4 if INTERPRETED else 32 * num_warps), per_cgroup, dim)
+    carry_block_d = fit_block_d(CARRY_BLOCK_D, per_cgroup, dim)
     block_t = block_t or BWD_BLOCK_T
-    if chunk_size % block_t or per_cgroup % block_d and per_cgroup != dim:
-        raise ValueError(f"block_t = {block_t} must divide chunk_size = {chunk_size} and "
-                         f"block_d = {block_d} must divide the channels per group, {per_cgroup}")
-    # Channel groups of the main kernel: those of B and C, each split into equal parts when the
-    # chunks alone leave the GPU idle.
-    splits = channel_splits or _channel_splits(per_cgroup, block_d, batch * n_cgroups * n_chunks,
-                                               u.device)
-    if per_cgroup % splits or per_cgroup // splits % block_d and splits > 1:
-        raise ValueError(f"channel_splits = {splits} must split the {per_cgroup} channels per "
-                         f"group into multiples of block_d = {block_d}")
-    n_cgroups, per_cgroup = n_cgroups * splits, per_cgroup // splits
-    range_len = range_length or _range_length(block_t, chunk_size, nvisit, batch * n_cgroups,
+    size = max(u.element_size(), delta.element_size())
+    tile = tile or (8 if INTERPRETED else 16 // size)
+    auto_group, auto_maxnreg = main_config(size)
+    group = group or auto_group
+    maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
+    if (chunk_size % block_t or block_t % tile
+            or per_cgroup % block_d and per_cgroup != dim):
+        raise ValueError(f"block_t = {block_t} must divide chunk_size = {chunk_size}, tile = "
+                         f"{tile} must divide block_t, and block_d = {block_d} must divide the "
+                         f"channels per group, {per_cgroup}")
+    n_dblocks = triton.cdiv(dim, block_d)
+    range_len = range_length or _range_length(block_t, chunk_size, nvisit, batch * n_dblocks,
                                               u.device)
     if chunk_size % range_len or range_len % block_t:
         raise ValueError(f"range_length = {range_len} must divide chunk_size = {chunk_size} and "
                          f"be a multiple of block_t = {block_t}")
     n_ranges = triton.cdiv(nvisit, range_len)
-    n_tiles = triton.cdiv(nvisit, block_t)
-    n_dblocks = triton.cdiv(dim, block_d)
+    n_gtiles = triton.cdiv(nvisit, block_t)
+    n_carry_blocks = triton.cdiv(dim, carry_block_d)
     n_groups = triton.cdiv(dstate, MAX_GROUP)
-    group = triton.cdiv(dstate, n_groups)
+    carry_group = triton.cdiv(dstate, n_groups)
+    # States per unrolled group of the main kernel.
+    main_groups = triton.cdiv(dstate, group)
+    group = triton.cdiv(dstate, main_groups)
+    # The main kernel's scratch per program: the states entering each tile of a segment (and
+    # after its last), then with several groups their gradient carries and 3 accumulators.
+    nslot = main_groups * group
+    per_program = (block_t // tile + 1 + (4 if main_groups > 1 else 0)) * nslot * block_d
     _, delta_scale, _, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim, dstate)
     flags = option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
                          opts.delta_threshold, h0, dlast)
@@ -627,60 +802,68 @@ def backward_plan(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, tu
     common.update(zip(("stride_A_d", "stride_A_n"), A.stride()))
     common.update(zip(("stride_delta_b", "stride_delta_d", "stride_delta_l"), delta.stride()))
     u_strides = dict(zip(("stride_u_b", "stride_u_d", "stride_u_l"), u.stride()))
-    B_strides = dict(zip(("stride_B_b", "stride_B_g", "stride_B_n", "stride_B_l"),
-                         bc_strides(B, layout.B_variable)))
-    C_strides = dict(zip(("stride_C_b", "stride_C_g", "stride_C_n", "stride_C_l"),
-                         bc_strides(C, layout.C_variable)))
+
+    def bc(M, variable, name):
+        return dict(zip((f"stride_{name}_b", f"stride_{name}_g", f"stride_{name}_n",
+                         f"stride_{name}_l"), bc_strides(M, variable)))
+
     z_strides = dict(zip(("stride_z_b", "stride_z_d", "stride_z_l"), strides(z, 3)))
     dout_strides = dict(zip(("stride_dout_b", "stride_dout_d", "stride_dout_l"), dout.stride()))
-    consts = dict(BLOCK_T=block_t, HAS_KEEP_IDX=keep_idx is not None, num_warps=num_warps)
+    consts = dict(HAS_KEEP_IDX=keep_idx is not None)
 
     range_states = None
     if range_len != chunk_size:
         range_states = LaunchPlan(
-            bwd_range_states_kernel, (batch * n_dblocks, n_chunks), RANGE_STATES_DYNAMIC_ARGS,
-            device, dim_per_group_B=dim // layout.B_groups, n_dblocks=n_dblocks,
-            n_chunks=n_chunks, n_ranges=n_ranges, range_len=range_len, n_groups=n_groups,
-            **common, **u_strides, **B_strides, CHUNK=chunk_size, BLOCK_D=block_d, NG=group,
-            B_VARIABLE=layout.B_variable, **consts)
+            bwd_range_states_kernel, (batch * n_carry_blocks, n_chunks),
+            RANGE_STATES_DYNAMIC_ARGS, device, dim_per_group_B=dim // layout.B_groups,
+            n_dblocks=n_carry_blocks, n_chunks=n_chunks, n_ranges=n_ranges, range_len=range_len,
+            n_groups=n_groups, **common, **u_strides, **bc(B, layout.B_variable, "B"),
+            CHUNK=chunk_size, BLOCK_D=carry_block_d, BLOCK_T=block_t, NG=carry_group,
+            B_VARIABLE=layout.B_variable, num_warps=4, **consts)
     grad_carries = LaunchPlan(
-        bwd_grad_carries_kernel, (batch * n_dblocks,), GRAD_CARRIES_DYNAMIC_ARGS, device,
-        dim_per_group_C=dim // layout.C_groups, n_dblocks=n_dblocks, n_tiles=n_tiles,
-        n_groups=n_groups, **common, **z_strides, **dout_strides, **C_strides,
+        bwd_grad_carries_kernel, (batch * n_carry_blocks,), GRAD_CARRIES_DYNAMIC_ARGS, device,
+        dim_per_group_C=dim // layout.C_groups, n_dblocks=n_carry_blocks, n_tiles=n_gtiles,
+        n_groups=n_groups, **common, **z_strides, **dout_strides, **bc(C, layout.C_variable, "C"),
         **dict(zip(("stride_dlast_b", "stride_dlast_d", "stride_dlast_n"), strides(dlast, 3))),
-        BLOCK_D=block_d, NG=group, HAS_Z=z is not None, C_VARIABLE=layout.C_variable, **consts)
+        BLOCK_D=carry_block_d, BLOCK_T=block_t, NG=carry_group, HAS_Z=z is not None,
+        C_VARIABLE=layout.C_variable, num_warps=4, **consts)
     # du, ddelta and dz are allocated contiguous, like their inputs' shapes.
-    rows = batch * n_ranges
     main = LaunchPlan(
-        bwd_main_kernel, (rows, n_cgroups), MAIN_DYNAMIC_ARGS, device,
+        bwd_main_kernel, (batch * n_dblocks, n_ranges), MAIN_DYNAMIC_ARGS, device,
         dim_per_group_B=dim // layout.B_groups, dim_per_group_C=dim // layout.C_groups,
-        dim_per_cgroup=per_cgroup, n_cgroups=n_cgroups, n_ranges=n_ranges, range_len=range_len,
-        n_tiles=n_tiles, n_groups=dstate, **common, **u_strides, **z_strides, **dout_strides,
-        **B_strides, **C_strides,
+        n_dblocks=n_dblocks, n_ranges=n_ranges, range_len=range_len, n_gtiles=n_gtiles,
+        n_groups=main_groups, per_program=per_program, **common, **u_strides, **z_strides,
+        **dout_strides, **bc(main_B, layout.B_variable, "B"),
+        **bc(main_C, layout.C_variable, "C"),
         **dict(zip(("stride_du_b", "stride_du_d", "stride_du_l"), contiguous_strides(u.shape))),
         **dict(zip(("stride_ddelta_b", "stride_ddelta_d", "stride_ddelta_l"),
                    contiguous_strides(delta.shape))),
         **dict(zip(("stride_dz_b", "stride_dz_d", "stride_dz_l"),
                    contiguous_strides(z.shape) if z is not None else (0, 0, 0))),
-        BLOCK_D=block_d, NG=1, HAS_Z=z is not None, B_VARIABLE=layout.B_variable,
-        C_VARIABLE=layout.C_variable, **consts)
+        SEG=block_t, BLOCK_D=block_d, BLOCK_T=tile, NG=group, MULTI_GROUP=main_groups > 1,
+        HAS_Z=z is not None, B_VARIABLE=layout.B_variable, C_VARIABLE=layout.C_variable,
+        num_warps=num_warps, **consts, **({"maxnreg": maxnreg} if maxnreg else {}))
+    rows = batch * n_ranges
     return BackwardPlan(
         range_states, grad_carries, main,
         (batch, dim, n_ranges, dstate) if range_states is not None else None,
-        (batch, dim, n_tiles, dstate), (rows, dim, dstate),
-        (batch, n_cgroups, dstate, nvisit) if layout.B_variable else (rows, dim, dstate),
-        (batch, n_cgroups, dstate, nvisit) if layout.C_variable else (rows, dim, dstate),
-        (rows, 3, dim), rows * n_cgroups * 2 * block_d * dstate)
+        (batch, dim, n_gtiles, dstate), (rows, dim, dstate),
+        (batch, n_dblocks, dstate, nvisit) if layout.B_variable else (rows, dim, dstate),
+        (batch, n_dblocks, dstate, nvisit) if layout.C_variable else (rows, dim, dstate),
+        (rows, 3, dim), batch * n_dblocks * n_ranges * per_program)
 
 
 def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, *,
                        chunk_size=None, block_d=None, block_t=None, range_length=None,
-                       channel_splits=None, num_warps=4, plan_key=None):
+                       tile=None, num_warps=4, group=None, maxnreg=None, plan_key=None):
     """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
     chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None;
-    the keywords force a launch configuration, worked out once per signature of the inputs.
-    plan_key: a key that determines that signature (the forward's plan key with the
-    launch_signature of dout and dlast), saving the backward its own.
+    the keywords force a launch configuration (block_d channels and num_warps per program of
+    the main kernel, tile positions per tile, block_t positions per segment, range_length per
+    program, group states per unrolled group, maxnreg registers per thread), worked out once
+    per signature of the inputs. plan_key: a key that determines
+    that signature (the forward's plan key with the launch_signature of dout and dlast),
+    saving the backward its own.
 
     Returns the gradients of GRAD_INPUTS (u, delta, A, B, C, D, z, delta_bias, initial_state,
     delta_scale, a_scale), each in its input's dtype and shape, None for an absent input or a
@@ -690,15 +873,22 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
         with torch.cuda.device(u.device):
             return selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states,
                                       chunk_size=chunk_size, block_d=block_d, block_t=block_t,
-                                      range_length=range_length, channel_splits=channel_splits,
-                                      num_warps=num_warps, plan_key=plan_key)
-    tuning = (chunk_size, block_d, block_t, range_length, channel_splits, num_warps)
+                                      range_length=range_length, tile=tile,
+                                      num_warps=num_warps, group=group, maxnreg=maxnreg,
+                                      plan_key=plan_key)
+    keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
+    # The main kernel reads variable B and C by visited index, like the forward kernel.
+    main_B, main_C = B, C
+    if keep_idx is not None:
+        main_B, main_C = (kept_bc(M, keep_idx, u.shape[2]) if variable else M
+                          for M, variable in ((B, layout.B_variable), (C, layout.C_variable)))
+    tuning = (chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg)
     if plan_key is None:
         plan_key = launch_signature(dout, dlast, u, delta, A, B, C, chunk_states, *opts)
     plan = BACKWARD_PLANS.get_or_build(
         (plan_key, layout, tuning),
-        lambda: backward_plan(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, tuning))
-    keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
+        lambda: backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout,
+                              tuning))
     delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale,
                                                              *A.shape)
     dh0 = A.new_empty(h0.shape) if h0 is not None else None
@@ -706,11 +896,10 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
                                              opts.delta_threshold, keep_idx)]
 
     # Scratch in one buffer, the per-program partial sums in another (the gradients of B and C
-    # may be views of it). The kernel writes every element of the sums before adding to it:
-    # no zero fill.
-    range_states, gcarry, dchan, carry = carve(A, (
-        plan.range_states_shape or (0,), plan.gcarry_shape, plan.dchan_shape, (plan.carry_size,)))
-    dA, dB, dC = carve(A, (plan.dA_shape, plan.dB_shape, plan.dC_shape))
+    # may be views of it). The kernels write every element they later read: no zero fill.
+    range_states, gcarry, scratch = carve(A, (
+        plan.range_states_shape or (0,), plan.gcarry_shape, (plan.scratch_size,)))
+    dA, dB, dC, dchan = carve(A, (plan.dA_shape, plan.dB_shape, plan.dC_shape, plan.dchan_shape))
 
     # 1. The state entering every range.
     if plan.range_states is not None:
@@ -718,7 +907,7 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     else:
         range_states = chunk_states
 
-    # 2. The gradient entering every tile from the right, and ∂L/∂initial_state.
+    # 2. The gradient entering every segment from the right, and ∂L/∂initial_state.
     plan.grad_carries(delta, A, C, A if z is None else z, *absent, dout,
                       A if dlast is None else dlast, gcarry, A if dh0 is None else dh0,
                       delta_mult, a_mult)
@@ -728,9 +917,9 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     grad_like = torch.zeros_like if keep_idx is not None else torch.empty_like
     du, ddelta = (grad_like(x, memory_format=torch.contiguous_format) for x in (u, delta))
     dz = grad_like(z, memory_format=torch.contiguous_format) if z is not None else None
-    plan.main(u, delta, A, B, C, A if opts.D is None else opts.D, A if z is None else z, *absent,
-              dout, range_states, gcarry, carry, du, ddelta, A if dz is None else dz, dA, dB, dC,
-              dchan, delta_mult, a_mult)
+    plan.main(u, delta, A, main_B, main_C, A if opts.D is None else opts.D,
+              A if z is None else z, *absent, dout, range_states, gcarry, scratch, du, ddelta,
+              A if dz is None else dz, dA, dB, dC, dchan, delta_mult, a_mult)
 
     # Sums over the programs, in a fixed order.
     dA_eff = dA.sum(0)
