@@ -45,6 +45,44 @@ def kernel_times(run, calls=10):
     return times
 
 
+def measure(dtype, shape, configs):
+    """The rows of one dtype and shape, one per configuration."""
+    sets, saved = [], []
+    for _ in range(3):
+        s = make_inputs(shape, getattr(torch, dtype))
+        opts = ScanOptions(s["D"], s["z"], s["delta_bias"], True)
+        out, _, chunk_states = selective_scan_fwd(s["u"], s["delta"], s["A"], s["B"], s["C"],
+                                                  opts)
+        sets.append(s)
+        saved.append((opts, chunk_states, torch.randn_like(out)))
+    rows = []
+    for config in configs:
+        turn = [0]
+
+        def run():
+            turn[0] = (turn[0] + 1) % len(sets)
+            s, (opts, chunk_states, dout) = sets[turn[0]], saved[turn[0]]
+            return selective_scan_bwd(dout, None, s["u"], s["delta"], s["A"], s["B"], s["C"],
+                                      opts, BCLayout(), chunk_states, **config)
+
+        run()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        grads = run()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        del grads
+        ms = triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")
+        kernels = kernel_times(run)
+        row = dict(dtype=dtype, shape="x".join(map(str, shape)), config=repr(config),
+                   bwd_ms=round(ms, 4), peak_mib=round(peak, 1),
+                   kernels="; ".join(f"{k} {v:.3f}" for k, v in kernels.most_common()))
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=SHAPES, metavar="BxDxL")
@@ -58,40 +96,7 @@ def main():
     rows = []
     for dtype in args.dtypes:
         for shape in args.shapes:
-            shape = tuple(int(v) for v in shape.split("x"))
-            sets, saved = [], []
-            for _ in range(3):
-                s = make_inputs(shape, getattr(torch, dtype))
-                opts = ScanOptions(s["D"], s["z"], s["delta_bias"], True)
-                out, _, chunk_states = selective_scan_fwd(s["u"], s["delta"], s["A"], s["B"],
-                                                          s["C"], opts)
-                sets.append(s)
-                saved.append((opts, chunk_states, torch.randn_like(out)))
-            for config in configs:
-                turn = [0]
-
-                def run():
-                    turn[0] = (turn[0] + 1) % len(sets)
-                    s, (opts, chunk_states, dout) = sets[turn[0]], saved[turn[0]]
-                    return selective_scan_bwd(dout, None, s["u"], s["delta"], s["A"], s["B"],
-                                              s["C"], opts, BCLayout(), chunk_states, **config)
-
-                run()
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-                grads = run()
-                torch.cuda.synchronize()
-                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-                del grads
-                ms = triton.testing.do_bench(run, warmup=25, rep=200, return_mode="median")
-                kernels = kernel_times(run)
-                row = dict(dtype=dtype, shape="x".join(map(str, shape)), config=repr(config),
-                           bwd_ms=round(ms, 4), peak_mib=round(peak, 1),
-                           kernels="; ".join(f"{k} {v:.3f}" for k, v in kernels.most_common()))
-                rows.append(row)
-                print(row, flush=True)
-            del sets, saved
+            rows += measure(dtype, tuple(int(v) for v in shape.split("x")), configs)
             torch.cuda.empty_cache()
     if args.csv:
         write_csv(args.csv, rows)

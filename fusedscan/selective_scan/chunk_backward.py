@@ -48,8 +48,8 @@ from fusedscan.selective_scan.chunk import (
 )
 from fusedscan.utils.device import INTERPRETED, multiprocessor_count
 from fusedscan.utils.kernels import (
-    FLAG_DLAST, FLAG_INITIAL_STATE, FLAG_SOFTPLUS, LN2, LOG2E, channel_params, delta_hat, load_A,
-    load_D, option_flags, scan_combine,
+    FLAG_DLAST, FLAG_INITIAL_STATE, FLAG_SOFTPLUS, LN2, LOG2E, channel_params, delta_hat, load_D,
+    option_flags, scan_combine,
 )
 from fusedscan.utils.launch import (
     LaunchPlan, SignatureCache, carve, contiguous_strides, kernel_scales, launch_signature,
