@@ -24,6 +24,8 @@ from tests.helpers import (
 
 # (batch, dim, L, N): dim not a multiple of the channel block, L odd and over two chunks.
 SHAPE = (2, 68, CHUNK_SIZE + 101, 16) if ON_GPU else (2, 6, CHUNK_SIZE + 5, 2)
+# The 2^10 combinations of the options: one batch row in the interpreter (CI's time).
+COMBINATION_SHAPE = SHAPE if ON_GPU else (1, *SHAPE[1:])
 ARG_NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
 KWARG_GRADS = ["initial_state", "delta_scale", "a_scale"]
 
@@ -87,7 +89,7 @@ def check(args, kwargs, dtype, return_last_state=True, use_out=True):
                          ids=option_ids)
 def test_every_combination_of_options(flags):
     """All 2^10 combinations of the options (return_last_state off: out's gradient only)."""
-    args, kwargs, dtype, return_last_state = combination_case(flags, SHAPE)
+    args, kwargs, dtype, return_last_state = combination_case(flags, COMBINATION_SHAPE)
     check(args, kwargs, dtype, return_last_state)
 
 
@@ -145,6 +147,11 @@ def test_keep_counts(K):
     assert set(errors) >= {"u", "delta", "z", "B", "C"}
 
 
+# Positions per tile of the main kernel where a test needs several tiles per segment (the
+# interpreter's default is one).
+TILE = 8 if ON_GPU else 4
+
+
 def check_bwd_launch(args, kwargs, layout, **launch):
     """selective_scan_bwd with a forced launch option against the reference's gradients."""
     inputs = launcher_args(args, kwargs)
@@ -164,12 +171,13 @@ def check_bwd_launch(args, kwargs, layout, **launch):
 @pytest.mark.parametrize("dstate", [3, 20])
 def test_range_lengths(range_length, dstate):
     """The main backward kernel's programs cover ranges shorter than a chunk (their start
-    states recomputed from the saved chunk states) or whole chunks (read directly)."""
+    states recomputed from the saved chunk states) or whole chunks (read directly), in
+    segments of several tiles."""
     batch, dim, _, _ = SHAPE
     L = 3 * CHUNK_SIZE - 5
     args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, delta_threshold=True,
                              a_scale="dim", keep=L - 7)
-    check_bwd_launch(args, kwargs, BCLayout(), range_length=range_length)
+    check_bwd_launch(args, kwargs, BCLayout(), range_length=range_length, tile=TILE)
 
 
 @pytest.mark.parametrize("groups,block_d", [(1, 4 if ON_GPU else 2), (2, 8 if ON_GPU else 2),
@@ -178,12 +186,13 @@ def test_range_lengths(range_length, dstate):
 def test_channel_blocks(groups, block_d, group):
     """The main backward kernel's programs each own block_d channels; their partial dB/dC are
     summed over the blocks of each B/C group afterwards. States in unrolled groups of `group`
-    (their carries through the program's scratch)."""
+    (their carries through the program's scratch), segments of several tiles."""
     batch, _, L, dstate = SHAPE
     dim = 4 * (8 if ON_GPU else 2)  # several channel blocks per group
     args, kwargs = make_case(batch, dim, L, dstate, initial_state=True, a_scale="dim_n")
     args[3] = torch.randn(batch, groups, dstate, L, device=DEVICE)
-    check_bwd_launch(args, kwargs, BCLayout(B_groups=groups), block_d=block_d, group=group)
+    check_bwd_launch(args, kwargs, BCLayout(B_groups=groups), block_d=block_d, group=group,
+                     tile=TILE)
 
 
 def test_gradient_through_last_state_only():

@@ -764,7 +764,8 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     carry_block_d = fit_block_d(CARRY_BLOCK_D, per_cgroup, dim)
     block_t = block_t or BWD_BLOCK_T
     size = max(u.element_size(), delta.element_size())
-    tile = tile or (8 if INTERPRETED else 16 // size)
+    # The interpreter's cost grows with the tiles: one per segment there (tests force more).
+    tile = tile or (block_t if INTERPRETED else 16 // size)
     auto_group, auto_maxnreg = main_config(size)
     group = group or auto_group
     maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
