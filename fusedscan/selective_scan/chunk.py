@@ -193,14 +193,28 @@ def start_states(n0, dstate, seg, dim, row_ok, h0_rows, stride_h0_n, seg_rows,
         hs = hs + (h,)
         As = As + (load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n, ok),)
     if not STATE_ONLY:
-        for s in range(seg):
-            dsum = tl.load(seg_dsum_ptr + seg_rows + s * dim, mask=row_ok, other=0.0)
-            end_rows = seg_states_ptr + (seg_rows + s * dim) * dstate
-            folded = ()
-            for i in tl.static_range(NG):
-                h_end = tl.load(end_rows + n0 + i, mask=row_ok & (n0 + i < dstate), other=0.0)
-                folded = folded + (tl.exp2(As[i] * dsum) * hs[i] + h_end,)
-            hs = folded
+        hs = fold_segments(hs, As, 0, 1, seg, n0, dstate, dim, row_ok, seg_rows, seg_dsum_ptr,
+                           seg_states_ptr, NG)
+    return hs
+
+
+@triton.jit
+def fold_segments(hs, As, s_first, s_step, count, n0, dstate, dim, row_ok, seg_rows, dsum_ptr,
+                  ends_ptr, NG: tl.constexpr):
+    """Carries hs (states n0 .. n0+NG-1) across `count` segments s_first, s_first + s_step, ...:
+    h ← exp(A·Σ Δ̂ over the segment)·h + what the segment adds from a zero carry. dsum_ptr holds
+    (batch, segments, dim), ends_ptr (batch, segments, dim, N); seg_rows is the rows' offset of
+    segment 0. The forward carries states left to right, the backward gradients right to left.
+    One segment's loads wait once for all states."""
+    for q in range(count):
+        s = s_first + q * s_step
+        dsum = tl.load(dsum_ptr + seg_rows + s * dim, mask=row_ok, other=0.0)
+        end_rows = ends_ptr + (seg_rows + s * dim) * dstate
+        folded = ()
+        for i in tl.static_range(NG):
+            end = tl.load(end_rows + n0 + i, mask=row_ok & (n0 + i < dstate), other=0.0)
+            folded = folded + (tl.exp2(As[i] * dsum) * hs[i] + end,)
+        hs = folded
     return hs
 
 

@@ -14,20 +14,22 @@ The visited positions are cut into segments of BLOCK_T (128 positions on a GPU):
 1. `bwd_range_states_kernel` recomputes, from the states the forward pass saved every CHUNK
    positions, the state entering every range_len positions (a power-of-two multiple of BLOCK_T
    that divides CHUNK). Skipped when range_len = CHUNK.
-2. `bwd_grad_carries_kernel` walks the positions backwards and stores, for every segment, the
-   gradient reaching it from the right, G = a_{t+1}·g_{t+1} at the segment's last position t,
-   and finally ∂L/∂initial_state.
-3. `bwd_main_kernel`: one program per (batch row, block of channels, range), in the forward
-   kernel's layout (one channel row per thread, a tile of 16 bytes of positions in its
-   registers). Per segment, a first pass from the segment's start state keeps the state
-   entering each tile in the program's scratch; a second pass walks the tiles backwards from
-   the segment's G, rescans each tile's states from the kept one, runs the reverse scan for g
-   and writes du, ddelta and dz. The states go in unrolled groups (main_config), their
-   gradient carries and sums through the scratch when there are several. The sums over
-   positions (dA, dD, ddelta_bias, ddelta_scale, fixed dB and dC) are per-channel registers
-   of the program; the sums over channels (variable dB, dC) are reduced over the program's
-   block and stored per block, to be summed by the caller in a fixed order: no atomics, the
-   gradients are the same, bit for bit, on every run.
+2. `bwd_grad_carries_kernel`, one program per (rows, range), walks its range backwards and
+   stores, for every segment, the gradient reaching it from the rest of the range,
+   G = a_{t+1}·g_{t+1} at the segment's last position t, with the Σ Δ̂ between, and the range's
+   aggregate: the ranges are independent, as the forward's segments.
+3. `bwd_main_kernel`: one program per (batch row, block of channels, range), in the forward kernel's
+   layout (one channel row per thread, a tile of 16 bytes of positions in its registers). It first
+   folds the later ranges' aggregates into the gradient entering its range from the right (range 0's
+   programs go on to ∂L/∂initial_state). Per segment, a first pass from the segment's start state
+   keeps the state entering each tile in the program's scratch; a second pass walks the tiles
+   backwards from the segment's G (kernel 2's plus the range's carry decayed across the rest of the
+   range), rescans each tile's states from the kept one, runs the reverse scan for g and writes du,
+   ddelta and dz. The states go in unrolled groups (main_config), their gradient carries and sums
+   through the scratch when there are several. The sums over positions (dA, dD, ddelta_bias,
+   ddelta_scale, fixed dB and dC) are per-channel registers of the program; the sums over channels
+   (variable dB, dC) are reduced over the program's block and stored per block, to be summed by the
+   caller in a fixed order: no atomics, the gradients are the same, bit for bit, on every run.
 
 Kernels 1 and 2 need only each tile's aggregate, a weighted sum rather than a scan: with
 S_s = Σ_{m≤s} Δ̂_m inside a tile,
@@ -43,8 +45,8 @@ import triton
 import triton.language as tl
 
 from fusedscan.selective_scan.chunk import (
-    CHUNK_SIZE, MAX_GROUP, bc_source, bc_strides, fit_block_d, kept_bc, load_As, load_bc,
-    load_states, row_setup, scan_states, store_states, tile_columns, tile_inputs,
+    CHUNK_SIZE, MAX_GROUP, bc_source, bc_strides, fit_block_d, fold_segments, kept_bc, load_As,
+    load_bc, load_states, row_setup, scan_states, store_states, tile_columns, tile_inputs,
 )
 from fusedscan.utils.device import INTERPRETED, multiprocessor_count
 from fusedscan.utils.kernels import (
@@ -58,6 +60,8 @@ from fusedscan.utils.launch import (
 
 # Positions per segment of the backward kernels (per tile of kernels 1 and 2).
 BWD_BLOCK_T = 16 if INTERPRETED else 128
+# The main kernel's reverse scan as a forward scan of a flipped tile (_reverse_scan).
+REVERSE_BY_FLIP = tl.constexpr(not INTERPRETED)
 
 
 @triton.jit
@@ -67,6 +71,24 @@ def _reverse_combine(f1, p1, r1, f2, p2, r2):
     segment, (f2, p2, r2) the earlier one (the reverse scan's running value comes first)."""
     m = p2 * f1
     return f2, m * p1, r2 + m * r1
+
+
+@triton.jit
+def _reverse_scan(a, c):
+    """g_t = c_t + a_{t+1}·g_{t+1} along a tile's positions (axis 1), g past the tile taken as 0.
+    On a GPU, a forward scan of the tile flipped in place: Triton's reverse=True scan exchanges
+    every value across the warp's lanes, the rows, even when the positions are in one thread.
+    The interpreter keeps reverse=True, the same sums in the same order: there tl.flip's xor
+    reductions run in Python and made the backward's tests 1.4x slower."""
+    ones = tl.full(a.shape, 1.0, a.dtype)
+    if REVERSE_BY_FLIP:
+        _, _, g = tl.associative_scan((tl.flip(a, 1), ones, tl.flip(c, 1)), axis=1,
+                                      combine_fn=_reverse_combine)
+        g = tl.flip(g, 1)
+    else:
+        _, _, g = tl.associative_scan((a, ones, c), axis=1, combine_fn=_reverse_combine,
+                                      reverse=True)
+    return g
 
 
 @triton.jit
@@ -181,7 +203,8 @@ def _carry_tile(k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta
                 stride_C_n, stride_C_l, delta_bias, delta_scale, delta_threshold, flags,
                 BLOCK_T: tl.constexpr, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
                 HAS_KEEP_IDX: tl.constexpr, C_VARIABLE: tl.constexpr):
-    """Gradients entering tile k from the right → entering tile k − 1, for states n0 .. n0+NG-1."""
+    """Gradients entering tile k from the right → entering tile k − 1, for states n0 .. n0+NG-1,
+    and the tile's Σ Δ̂."""
     ACC = Gs[0].dtype
     j, pos, col_ok, col_mask, _ = tile_columns(k * BLOCK_T, nvisit, cols, rows, keep_row,
                                                 stride_keep_k, seqlen, MASK_T, HAS_KEEP_IDX)
@@ -194,15 +217,17 @@ def _carry_tile(k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta
     total = tl.sum(dt, axis=1)
     bc_offs = (rows * 0)[:, None] + pos[None, :] * stride_C_l
     return _decayed_sums(Gs, As, upto, total, dy, C_src, stride_C_n, bc_offs, n0, dstate, row_ok,
-                         col_mask, NG, MASK_T, C_VARIABLE)
+                         col_mask, NG, MASK_T, C_VARIABLE), total
 
 
-@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_tiles", "n_groups"])
+@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_tiles", "n_ranges", "range_tiles",
+                               "n_groups"])
 def bwd_grad_carries_kernel(
     delta_ptr, A_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
-    delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, gcarry_ptr, dh0_ptr, delta_mult,
-    a_mult,
-    dim, dstate, seqlen, nvisit, dim_per_group_C, n_dblocks, n_tiles, n_groups, flags,
+    delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, gcarry_ptr, seg_decay_ptr,
+    range_agg_ptr, range_decay_ptr, delta_mult, a_mult,
+    dim, dstate, seqlen, nvisit, dim_per_group_C, n_dblocks, n_tiles, n_ranges, range_tiles,
+    n_groups, flags,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
     stride_dout_b, stride_dout_d, stride_dout_l,
@@ -214,10 +239,16 @@ def bwd_grad_carries_kernel(
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, HAS_Z: tl.constexpr,
     HAS_KEEP_IDX: tl.constexpr, C_VARIABLE: tl.constexpr,
 ):
-    """Grid (batch · n_dblocks,). Writes gcarry (batch, dim, n_tiles, N): the gradient entering
-    each tile from the right (∂L/∂last_state for the last tile), and, with an initial state,
-    dh0 (batch, dim, N) = ∂L/∂initial_state."""
+    """Grid (batch · n_dblocks, n_ranges). Walks the segments (tiles of BLOCK_T) of range r
+    backwards, from ∂L/∂last_state in the last range and from zero in the others, and writes
+    for every segment k the gradient entering it from the rest of its range, gcarry
+    (batch, dim, n_tiles, N), and seg_decay (batch, n_tiles, dim), the Σ Δ̂ of the range's
+    positions after it; for the range, range_agg (batch, n_ranges, dim, N), the gradient it
+    passes to its left from zero on its right, and range_decay (batch, n_ranges, dim), its
+    Σ Δ̂. With X the gradient entering the range from the right (_range_carries), the gradient
+    entering segment k is gcarry + exp(A_eff·seg_decay)·X."""
     b, d0, rows, row_ok, rows64, in_rows64 = row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
+    r = tl.program_id(1)
     cols = tl.arange(0, BLOCK_T)
     delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
     z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
@@ -229,33 +260,73 @@ def bwd_grad_carries_kernel(
     delta_bias, delta_scale, delta_threshold = channel_params(
         rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
     g_rows = gcarry_ptr + (b * dim + rows64) * n_tiles * dstate
+    decay_rows = seg_decay_ptr + b * n_tiles * dim + rows64
+    range_rows = (b * n_ranges + r) * dim + rows64
     dlast_rows = dlast_ptr + b * stride_dlast_b + rows64 * stride_dlast_d
+    from_dlast = (r == n_ranges - 1) & ((flags & FLAG_DLAST) != 0)
 
+    k_lo = r * range_tiles
+    k_hi = tl.minimum(k_lo + range_tiles, n_tiles)
     for g in range(n_groups):
         n0 = g * NG
         Gs = ()
         for i in tl.static_range(NG):
             Gs = Gs + (tl.load(dlast_rows + (n0 + i) * stride_dlast_n,
-                               mask=row_ok & (n0 + i < dstate) & ((flags & FLAG_DLAST) != 0), other=0.0),)
+                               mask=row_ok & (n0 + i < dstate) & from_dlast, other=0.0),)
         As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
                       dstate, row_ok, NG)
-        for k_rev in range(n_tiles):
-            k = n_tiles - 1 - k_rev
+        after = tl.zeros([BLOCK_D], A_ptr.dtype.element_ty)
+        for k_rev in range(k_hi - k_lo):
+            k = k_hi - 1 - k_rev
             store_states(g_rows + k * dstate, n0, dstate, Gs, row_ok, NG)
+            tl.store(decay_rows + k * dim, after, mask=row_ok & (g == 0))
             if (k + 1) * BLOCK_T <= nvisit:
-                Gs = _carry_tile(k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows,
-                                 z_rows, dout_rows, keep_row, stride_delta_l, stride_z_l,
-                                 stride_dout_l, stride_keep_k, C_src, stride_C_n, stride_C_l,
-                                 delta_bias, delta_scale, delta_threshold, flags, BLOCK_T,
-                                 NG, False, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
+                Gs, total = _carry_tile(
+                    k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z_rows,
+                    dout_rows, keep_row, stride_delta_l, stride_z_l, stride_dout_l,
+                    stride_keep_k, C_src, stride_C_n, stride_C_l, delta_bias, delta_scale,
+                    delta_threshold, flags, BLOCK_T, NG, False, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
             else:
-                Gs = _carry_tile(k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows,
-                                 z_rows, dout_rows, keep_row, stride_delta_l, stride_z_l,
-                                 stride_dout_l, stride_keep_k, C_src, stride_C_n, stride_C_l,
-                                 delta_bias, delta_scale, delta_threshold, flags, BLOCK_T,
-                                 NG, True, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
-        if (flags & FLAG_INITIAL_STATE) != 0:
-            store_states(dh0_ptr + (b * dim + rows64) * dstate, n0, dstate, Gs, row_ok, NG)
+                Gs, total = _carry_tile(
+                    k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z_rows,
+                    dout_rows, keep_row, stride_delta_l, stride_z_l, stride_dout_l,
+                    stride_keep_k, C_src, stride_C_n, stride_C_l, delta_bias, delta_scale,
+                    delta_threshold, flags, BLOCK_T, NG, True, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
+            after += total
+        store_states(range_agg_ptr + range_rows * dstate, n0, dstate, Gs, row_ok, NG)
+        tl.store(range_decay_ptr + range_rows, after, mask=row_ok & (g == 0))
+
+
+@triton.jit
+def _range_carries(b, r, n_ranges, n0, dstate, dim, As, rows64, row_ok, range_agg_ptr,
+                  range_decay_ptr, NG: tl.constexpr):
+    """The gradients of states n0 .. n0+NG-1 entering range r from the right (zero for the
+    last range; ∂L/∂last_state is in that range's own walk): the later ranges folded."""
+    zeros = ()
+    for i in tl.static_range(NG):
+        zeros = zeros + (tl.zeros(row_ok.shape, As[0].dtype),)
+    return fold_segments(zeros, As, n_ranges - 1, -1, n_ranges - 1 - r, n0, dstate, dim, row_ok,
+                         b * n_ranges * dim + rows64, range_decay_ptr, range_agg_ptr, NG)
+
+
+@triton.jit
+def _store_dh0(b, n_ranges, n0, dstate, dim, Xs, As, rows64, row_ok, range_agg_ptr,
+               range_decay_ptr, dh0_ptr, NG: tl.constexpr):
+    """∂L/∂initial_state: the gradients Xs entering range 0 from the right carried across it."""
+    dh0 = fold_segments(Xs, As, 0, 1, 1, n0, dstate, dim, row_ok, b * n_ranges * dim + rows64,
+                        range_decay_ptr, range_agg_ptr, NG)
+    store_states(dh0_ptr + (b * dim + rows64) * dstate, n0, dstate, dh0, row_ok, NG)
+
+
+@triton.jit
+def _segment_carries(G_rows, decay, Xs, As, n0, dstate, row_ok, NG: tl.constexpr):
+    """Gradients of states n0 .. n0+NG-1 entering a segment from the right: kernel 2's part
+    from the rest of the range plus the range's carries Xs decayed across it."""
+    Gs = load_states(G_rows, n0, dstate, row_ok, NG)
+    out = ()
+    for i in tl.static_range(NG):
+        out = out + (Gs[i] + tl.exp2(As[i] * decay) * Xs[i],)
+    return out
 
 
 @triton.jit
@@ -326,11 +397,44 @@ def _state_tile(
 
 
 @triton.jit
+def _bc_tiles(n0, dstate, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C, row_ok,
+              col_mask, ACC: tl.constexpr, NG: tl.constexpr, MASK_T: tl.constexpr,
+              B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr):
+    """B and C of states n0 .. n0+NG-1 over a tile (zero for a padding state n ≥ N)."""
+    Bs = ()
+    Cs = ()
+    for i in tl.static_range(NG):
+        state_ok = n0 + i < dstate
+        Bs = Bs + (load_bc(B_src, n0 + i, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, ACC,
+                           MASK_T, B_VARIABLE),)
+        Cs = Cs + (load_bc(C_src, n0 + i, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask, ACC,
+                           MASK_T, C_VARIABLE),)
+    return Bs, Cs
+
+
+@triton.jit
+def _group_inputs(n0, k, dstate, slot_rows, gslot_rows, acc_rows, nslot, row_ok, A_rows,
+                  stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, B_src, stride_B_n,
+                  bc_offs_B, C_src, stride_C_n, bc_offs_C, col_mask, ACC: tl.constexpr,
+                  NG: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr,
+                  C_VARIABLE: tl.constexpr):
+    """What the second pass reads for states n0 .. n0+NG-1 of tile k when the states go in
+    several groups: the kept states entering the tile, the gradients entering it from the
+    right, A, B, C, and the dA sums so far."""
+    Bs, Cs = _bc_tiles(n0, dstate, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
+                       row_ok, col_mask, ACC, NG, MASK_T, B_VARIABLE, C_VARIABLE)
+    return (_row_states(slot_rows, k, n0, nslot, row_ok, NG),
+            _row_states(gslot_rows, 0, n0, nslot, row_ok, NG),
+            load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0, dstate,
+                    row_ok, NG),
+            _slot_states(acc_rows, 0, n0, nslot, NG), Bs, Cs)
+
+
+@triton.jit
 def _bwd_states(
-    n0, dstate, hs, Gs, As, dt, u, dtu, dy, y, du, ddt, row_ok, lead_row, col_mask, is_first,
-    is_last, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C, dB_at, dC_at,
-    stride_dBC_n,
-    NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr, B_VARIABLE: tl.constexpr,
+    hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first, is_last,
+    n0, dstate, dB_at, dC_at, stride_dBC_n,
+    NG: tl.constexpr, MULTI_GROUP: tl.constexpr, B_VARIABLE: tl.constexpr,
     C_VARIABLE: tl.constexpr,
 ):
     """States n0 .. n0+NG-1 of one tile: rescans h from the states hs entering the tile, runs
@@ -351,18 +455,15 @@ def _bwd_states(
             state_ok = n < dstate
         else:
             state_ok = True
-        B_n = load_bc(B_src, n, stride_B_n, bc_offs_B, row_ok, state_ok, col_mask, ACC, MASK_T,
-                       B_VARIABLE)
-        C_n = load_bc(C_src, n, stride_C_n, bc_offs_C, row_ok, state_ok, col_mask, ACC, MASK_T,
-                       C_VARIABLE)
+        B_n = Bs[i]
+        C_n = Cs[i]
         a = tl.exp2(dt * As[i][:, None])
         b = dtu * B_n
         _, h = tl.associative_scan((a, tl.where(is_first, a * hs[i][:, None] + b, b)), axis=1,
                                    combine_fn=scan_combine)
         c = C_n * dy
         c = tl.where(is_last, c + Gs[i][:, None], c)
-        _, _, g = tl.associative_scan((a, tl.full(a.shape, 1.0, ACC), c), axis=1,
-                                      combine_fn=_reverse_combine, reverse=True)
+        g = _reverse_scan(a, c)
         new_Gs = new_Gs + (tl.sum(tl.where(is_first, a * g, -0.0), axis=1),)
         y += h * C_n
         gdt = g * dt
@@ -390,17 +491,16 @@ def _bwd_tile(
     stride_dout_l, stride_du_l, stride_ddelta_l, stride_dz_l, stride_keep_k,
     A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
     B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
-    delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, gslot_rows, acc_rows, G_rows,
-    dB_base, dC_base, stride_dBC_n, dstate, nslot, n_groups, seg_last,
+    delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, gslot_rows, acc_rows,
+    dB_base, dC_base, stride_dBC_n, dstate, nslot, n_groups,
     BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
     C_VARIABLE: tl.constexpr,
 ):
-    """Second pass over tile k of a segment (seg_last: its last tile, whose gradients enter from
-    G_rows): stores du, ddelta, dz. One group: carries Gs and the accumulators dAs (dBs, dCs
-    when fixed) in registers and returns them; several: through the program's scratch. Also
-    returns the tile's sums per channel of dy·u (dD), ∂L/∂(delta + bias) (ddelta_bias) and
-    ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
+    """Second pass over tile k of a segment: stores du, ddelta, dz. One group: carries Gs and the
+    accumulators dAs (dBs, dCs when fixed) in registers and returns them; several: through the
+    program's scratch. Also returns the tile's sums per channel of dy·u (dD), ∂L/∂(delta + bias)
+    (ddelta_bias) and ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
     ACC = D.dtype
     j, pos, col_ok, col_mask, _ = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
                                                 seqlen, MASK_T, HAS_KEEP_IDX)
@@ -430,10 +530,11 @@ def _bwd_tile(
     is_last = (cols == BLOCK_T - 1)[None, :]
     if not MULTI_GROUP:
         hs = _row_states(slot_rows, k, 0, nslot, row_ok, NG)
+        Bs, Cs = _bc_tiles(0, dstate, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
+                           row_ok, col_mask, ACC, NG, MASK_T, B_VARIABLE, C_VARIABLE)
         Gs, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
-            0, dstate, hs, Gs, As, dt, u, dtu, dy, y, du, ddt, row_ok, lead_row, col_mask,
-            is_first, is_last, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C, dB_at,
-            dC_at, stride_dBC_n, NG, False, MASK_T, B_VARIABLE, C_VARIABLE)
+            hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first,
+            is_last, 0, dstate, dB_at, dC_at, stride_dBC_n, NG, False, B_VARIABLE, C_VARIABLE)
         dAs = _added(dAs, tile_dA, NG)
         if not B_VARIABLE:
             dBs = _added(dBs, tile_dB, NG)
@@ -442,21 +543,16 @@ def _bwd_tile(
     else:
         for g in range(n_groups):
             n0 = g * NG
-            hs_g = _row_states(slot_rows, k, n0, nslot, row_ok, NG)
-            Gs_g = ()
-            for i in tl.static_range(NG):
-                G_at = tl.where(seg_last, G_rows + n0 + i,
-                                gslot_rows + (n0 + i) * gslot_rows.shape[0])
-                Gs_g = Gs_g + (tl.load(G_at, mask=row_ok & (n0 + i < dstate), other=0.0),)
-            As_g = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
-                           dstate, row_ok, NG)
+            hs_g, Gs_g, As_g, dA_g, Bs_g, Cs_g = _group_inputs(
+                n0, k, dstate, slot_rows, gslot_rows, acc_rows, nslot, row_ok, A_rows, stride_A_n,
+                a_scale_rows, stride_as_n, flags, a_mult, B_src, stride_B_n, bc_offs_B, C_src,
+                stride_C_n, bc_offs_C, col_mask, ACC, NG, MASK_T, B_VARIABLE, C_VARIABLE)
             Gs_g, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
-                n0, dstate, hs_g, Gs_g, As_g, dt, u, dtu, dy, y, du, ddt, row_ok, lead_row,
-                col_mask, is_first, is_last, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n,
-                bc_offs_C, dB_at, dC_at, stride_dBC_n, NG, True, MASK_T, B_VARIABLE, C_VARIABLE)
+                hs_g, Gs_g, As_g, Bs_g, Cs_g, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask,
+                is_first, is_last, n0, dstate, dB_at, dC_at, stride_dBC_n, NG, True, B_VARIABLE,
+                C_VARIABLE)
             _store_slot(gslot_rows, 0, n0, nslot, Gs_g, NG)
-            _store_slot(acc_rows, 0, n0, nslot,
-                        _added(_slot_states(acc_rows, 0, n0, nslot, NG), tile_dA, NG), NG)
+            _store_slot(acc_rows, 0, n0, nslot, _added(dA_g, tile_dA, NG), NG)
             if not B_VARIABLE:
                 _store_slot(acc_rows, 1, n0, nslot,
                             _added(_slot_states(acc_rows, 1, n0, nslot, NG), tile_dB, NG), NG)
@@ -494,7 +590,8 @@ def _bwd_tile(
 def bwd_main_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
     a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, range_states_ptr, gcarry_ptr,
-    scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr, delta_mult, a_mult,
+    seg_decay_ptr, range_agg_ptr, range_decay_ptr, scratch_ptr, du_ptr, ddelta_ptr, dz_ptr,
+    dh0_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr, delta_mult, a_mult,
     dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_ranges,
     range_len, n_gtiles, n_groups, per_program, flags,
     stride_u_b, stride_u_d, stride_u_l,
@@ -513,17 +610,18 @@ def bwd_main_kernel(
     MULTI_GROUP: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
     B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
 ):
-    """Grid (batch · n_dblocks, n_ranges). One program owns BLOCK_D channels (one row per
-    thread, BLOCK_T positions in its registers, as in the forward kernel) and one range of
-    visited positions, which it walks in segments of SEG (the tiles of gcarry). Per segment, a
-    first pass from the segment's start state keeps the state entering every tile in the
-    program's scratch (per_program floats: SEG / BLOCK_T + 1 slots of n_groups · NG states,
-    then, with MULTI_GROUP, the gradient carries and the accumulators); a second pass walks the
-    tiles backwards from gcarry's gradient, rescanning each from its kept state. Writes du,
-    ddelta, dz at the visited positions; dA (batch · n_ranges, dim, N); dB, dC as the sums over
-    each channel block (batch, n_dblocks, N, K) when variable, else (batch · n_ranges, dim, N);
-    dchan (batch · n_ranges, 3, dim): the sums for dD, ddelta_bias and ddelta_scale. B and C are
-    read by visited index (with keep_idx, the kept positions' copies). Every element is
+    """Grid (batch · n_dblocks, n_ranges). One program owns BLOCK_D channels (one row per thread,
+    BLOCK_T positions in its registers, as in the forward kernel) and one range of visited
+    positions, which it walks in segments of SEG (the tiles of gcarry). Per segment, a first pass
+    from the segment's start state keeps the state entering every tile in the program's scratch
+    (per_program floats: SEG / BLOCK_T + 1 slots of n_groups · NG states, then, with MULTI_GROUP,
+    the gradient carries, the accumulators and the range's carries); a second pass walks the tiles
+    backwards from the gradient entering the segment (kernel 2's, with the range's carries folded
+    in), rescanning each tile from its kept state. Writes du, ddelta, dz at the visited positions;
+    with an initial state (range 0's programs) dh0; dA (batch · n_ranges, dim, N); dB, dC as the
+    sums over each channel block (batch, n_dblocks, N, K) when variable, else (batch · n_ranges,
+    dim, N); dchan (batch · n_ranges, 3, dim): the sums for dD, ddelta_bias and ddelta_scale. B and
+    C are read by visited index (with keep_idx, the kept positions' copies). Every element is
     written once: no zero fill, no atomics."""
     pid = tl.program_id(0)
     r = tl.program_id(1)
@@ -558,11 +656,19 @@ def bwd_main_kernel(
                  + tl.arange(0, BLOCK_D))
     gslot_rows = slot_rows + (SEG // BLOCK_T + 1) * nslot * BLOCK_D
     acc_rows = gslot_rows + nslot * BLOCK_D
+    xslot_rows = acc_rows + 3 * nslot * BLOCK_D
+    decay_rows = seg_decay_ptr + b * n_gtiles * dim + rows64
+    dh0_here = (r == 0) & ((flags & FLAG_INITIAL_STATE) != 0)
 
     if not MULTI_GROUP:
         hs = load_states(range_rows, 0, dstate, row_ok, NG)
         As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, 0, dstate,
                      row_ok, NG)
+        Xs = _range_carries(b, r, n_ranges, 0, dstate, dim, As, rows64, row_ok, range_agg_ptr,
+                            range_decay_ptr, NG)
+        if dh0_here:
+            _store_dh0(b, n_ranges, 0, dstate, dim, Xs, As, rows64, row_ok, range_agg_ptr,
+                       range_decay_ptr, dh0_ptr, NG)
         zeros = ()
         for i in tl.static_range(NG):
             zeros = zeros + (tl.zeros([BLOCK_D], ACC),)
@@ -579,6 +685,14 @@ def bwd_main_kernel(
             n0 = g * NG
             _store_slot(slot_rows, 0, n0, nslot, load_states(range_rows, n0, dstate, row_ok, NG),
                         NG)
+            As_g = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
+                           dstate, row_ok, NG)
+            Xs_g = _range_carries(b, r, n_ranges, n0, dstate, dim, As_g, rows64, row_ok,
+                                  range_agg_ptr, range_decay_ptr, NG)
+            _store_slot(xslot_rows, 0, n0, nslot, Xs_g, NG)
+            if dh0_here:
+                _store_dh0(b, n_ranges, n0, dstate, dim, Xs_g, As_g, rows64, row_ok,
+                           range_agg_ptr, range_decay_ptr, dh0_ptr, NG)
             zeros = ()
             for i in tl.static_range(NG):
                 zeros = zeros + (tl.zeros([BLOCK_D], ACC),)
@@ -603,6 +717,18 @@ def bwd_main_kernel(
         partial = s0 + n_full * BLOCK_T < s_hi
         n_tiles = tl.cdiv(s_hi - s0, BLOCK_T)
         G_rows = g_rows + (s0 // SEG) * dstate
+        decay = tl.load(decay_rows + (s0 // SEG) * dim, mask=row_ok, other=0.0)
+        if MULTI_GROUP:
+            # The gradients entering the segment, read by the second pass's first tile (after
+            # the first pass's barriers).
+            for g in range(n_groups):
+                n0 = g * NG
+                As_g = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
+                               dstate, row_ok, NG)
+                _store_slot(gslot_rows, 0, n0, nslot,
+                            _segment_carries(G_rows, decay,
+                                             _slot_states(xslot_rows, 0, n0, nslot, NG), As_g,
+                                             n0, dstate, row_ok, NG), NG)
         for k in range(n_full):
             hs = _state_tile(
                 k, s0 + k * BLOCK_T, s_hi, seqlen, hs, As, rows, row_ok, cols, u_rows,
@@ -621,7 +747,7 @@ def bwd_main_kernel(
         if MULTI_GROUP:
             Gs = ()
         else:
-            Gs = load_states(G_rows, 0, dstate, row_ok, NG)
+            Gs = _segment_carries(G_rows, decay, Xs, As, 0, dstate, row_ok, NG)
         if partial:
             Gs, dAs, dBs, dCs, t_dD, t_dbias, t_dscale = _bwd_tile(
                 n_full, s0 + n_full * BLOCK_T, s_hi, seqlen, Gs, dAs, dBs, dCs, As, rows, row_ok,
@@ -630,8 +756,8 @@ def bwd_main_kernel(
                 stride_ddelta_l, stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows,
                 stride_as_n, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
                 stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
-                gslot_rows, acc_rows, G_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
-                n_groups, True, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
+                gslot_rows, acc_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
+                n_groups, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
                 C_VARIABLE)
             sum_dD += t_dD
             sum_dbias += t_dbias
@@ -645,8 +771,8 @@ def bwd_main_kernel(
                 stride_ddelta_l, stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows,
                 stride_as_n, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
                 stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
-                gslot_rows, acc_rows, G_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
-                n_groups, k == n_tiles - 1, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z,
+                gslot_rows, acc_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
+                n_groups, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z,
                 HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE)
             sum_dD += t_dD
             sum_dbias += t_dbias
@@ -691,16 +817,16 @@ def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
     return length
 
 
-def main_config(size):
-    """(states per unrolled group, maxnreg) of the main kernel by the inputs' element size.
-    With more than one group the gradient carries and accumulators go through the program's
-    scratch. H200 (docs/kernel-log.md): 16-bit inputs one state at a time with 128 registers
-    (two programs per SM; bf16 1x1536x32768 6.4 ms against 7.7 with groups of four and 10.3
-    uncapped); float32 groups of four, uncapped (8.0 ms against 8.7 capped, 9.2 one state at a
-    time). The interpreter: one group of up to MAX_GROUP states."""
+def main_config():
+    """(states per unrolled group, maxnreg) of the main kernel. With several groups the gradient
+    carries and accumulators go through the program's scratch. H200 (docs/kernel-log.md, "v2,
+    second step"): groups of two states with 168 registers (three programs per SM) for every
+    dtype; at 1x1536x32768 the main kernel took 4.7 ms in bf16 against 5.3 one state at a time
+    and 6.0 with 128 registers, 6.4 ms in float32 against 9.2 in groups of four uncapped. The
+    interpreter: one group of up to MAX_GROUP states."""
     if INTERPRETED:
         return MAX_GROUP, None
-    return (1, 128) if size == 2 else (4, 0)
+    return 2, 168
 
 
 def _bc_grad(partial, M, variable, groups, keep_idx):
@@ -725,8 +851,8 @@ def _bc_grad(partial, M, variable, groups, keep_idx):
 # Leading arguments of each backward kernel that change from call to call (tensors and the
 # scale multipliers); the others are fixed by the inputs' signature.
 RANGE_STATES_DYNAMIC_ARGS = 13
-GRAD_CARRIES_DYNAMIC_ARGS = 15
-MAIN_DYNAMIC_ARGS = 25
+GRAD_CARRIES_DYNAMIC_ARGS = 17
+MAIN_DYNAMIC_ARGS = 29
 # Channels per program of the range-state and gradient-carry kernels.
 CARRY_BLOCK_D = 4 if INTERPRETED else 8
 # BackwardPlans by the inputs' launch_signature, layout and tuning.
@@ -741,6 +867,9 @@ class BackwardPlan(NamedTuple):
     main: LaunchPlan
     range_states_shape: Optional[tuple]
     gcarry_shape: tuple
+    seg_decay_shape: tuple
+    range_agg_shape: tuple
+    range_decay_shape: tuple
     dA_shape: tuple
     dB_shape: tuple
     dC_shape: tuple
@@ -766,7 +895,7 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     size = max(u.element_size(), delta.element_size())
     # The interpreter's cost grows with the tiles: one per segment there (tests force more).
     tile = tile or (block_t if INTERPRETED else 16 // size)
-    auto_group, auto_maxnreg = main_config(size)
+    auto_group, auto_maxnreg = main_config()
     group = group or auto_group
     maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
     if (chunk_size % block_t or block_t % tile
@@ -789,9 +918,10 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     main_groups = triton.cdiv(dstate, group)
     group = triton.cdiv(dstate, main_groups)
     # The main kernel's scratch per program: the states entering each tile of a segment (and
-    # after its last), then with several groups their gradient carries and 3 accumulators.
+    # after its last), then with several groups their gradient carries, 3 accumulators and the
+    # range's carries.
     nslot = main_groups * group
-    per_program = (block_t // tile + 1 + (4 if main_groups > 1 else 0)) * nslot * block_d
+    per_program = (block_t // tile + 1 + (5 if main_groups > 1 else 0)) * nslot * block_d
     _, delta_scale, _, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim, dstate)
     flags = option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
                          opts.delta_threshold, h0, dlast)
@@ -822,9 +952,10 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
             CHUNK=chunk_size, BLOCK_D=carry_block_d, BLOCK_T=block_t, NG=carry_group,
             B_VARIABLE=layout.B_variable, num_warps=4, **consts)
     grad_carries = LaunchPlan(
-        bwd_grad_carries_kernel, (batch * n_carry_blocks,), GRAD_CARRIES_DYNAMIC_ARGS, device,
-        dim_per_group_C=dim // layout.C_groups, n_dblocks=n_carry_blocks, n_tiles=n_gtiles,
-        n_groups=n_groups, **common, **z_strides, **dout_strides, **bc(C, layout.C_variable, "C"),
+        bwd_grad_carries_kernel, (batch * n_carry_blocks, n_ranges), GRAD_CARRIES_DYNAMIC_ARGS,
+        device, dim_per_group_C=dim // layout.C_groups, n_dblocks=n_carry_blocks,
+        n_tiles=n_gtiles, n_ranges=n_ranges, range_tiles=range_len // block_t, n_groups=n_groups,
+        **common, **z_strides, **dout_strides, **bc(C, layout.C_variable, "C"),
         **dict(zip(("stride_dlast_b", "stride_dlast_d", "stride_dlast_n"), strides(dlast, 3))),
         BLOCK_D=carry_block_d, BLOCK_T=block_t, NG=carry_group, HAS_Z=z is not None,
         C_VARIABLE=layout.C_variable, num_warps=4, **consts)
@@ -848,7 +979,8 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     return BackwardPlan(
         range_states, grad_carries, main,
         (batch, dim, n_ranges, dstate) if range_states is not None else None,
-        (batch, dim, n_gtiles, dstate), (rows, dim, dstate),
+        (batch, dim, n_gtiles, dstate), (batch, n_gtiles, dim), (batch, n_ranges, dim, dstate),
+        (batch, n_ranges, dim), (rows, dim, dstate),
         (batch, n_dblocks, dstate, nvisit) if layout.B_variable else (rows, dim, dstate),
         (batch, n_dblocks, dstate, nvisit) if layout.C_variable else (rows, dim, dstate),
         (rows, 3, dim), batch * n_dblocks * n_ranges * per_program)
@@ -898,8 +1030,9 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
 
     # Scratch in one buffer, the per-program partial sums in another (the gradients of B and C
     # may be views of it). The kernels write every element they later read: no zero fill.
-    range_states, gcarry, scratch = carve(A, (
-        plan.range_states_shape or (0,), plan.gcarry_shape, (plan.scratch_size,)))
+    range_states, gcarry, seg_decay, range_agg, range_decay, scratch = carve(A, (
+        plan.range_states_shape or (0,), plan.gcarry_shape, plan.seg_decay_shape,
+        plan.range_agg_shape, plan.range_decay_shape, (plan.scratch_size,)))
     dA, dB, dC, dchan = carve(A, (plan.dA_shape, plan.dB_shape, plan.dC_shape, plan.dchan_shape))
 
     # 1. The state entering every range.
@@ -908,9 +1041,10 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     else:
         range_states = chunk_states
 
-    # 2. The gradient entering every segment from the right, and ∂L/∂initial_state.
+    # 2. The gradient entering every segment from the rest of its range, and every range's
+    # aggregate.
     plan.grad_carries(delta, A, C, A if z is None else z, *absent, dout,
-                      A if dlast is None else dlast, gcarry, A if dh0 is None else dh0,
+                      A if dlast is None else dlast, gcarry, seg_decay, range_agg, range_decay,
                       delta_mult, a_mult)
 
     # 3. Everything else. With keep_idx only the kept positions of du, ddelta and dz are
@@ -919,8 +1053,9 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     du, ddelta = (grad_like(x, memory_format=torch.contiguous_format) for x in (u, delta))
     dz = grad_like(z, memory_format=torch.contiguous_format) if z is not None else None
     plan.main(u, delta, A, main_B, main_C, A if opts.D is None else opts.D,
-              A if z is None else z, *absent, dout, range_states, gcarry, scratch, du, ddelta,
-              A if dz is None else dz, dA, dB, dC, dchan, delta_mult, a_mult)
+              A if z is None else z, *absent, dout, range_states, gcarry, seg_decay, range_agg,
+              range_decay, scratch, du, ddelta, A if dz is None else dz,
+              A if dh0 is None else dh0, dA, dB, dC, dchan, delta_mult, a_mult)
 
     # Sums over the programs, in a fixed order.
     dA_eff = dA.sum(0)
