@@ -195,6 +195,34 @@ def test_channel_blocks(groups, block_d, group):
                      tile=TILE)
 
 
+WHOLE_WARP_CASES = [(1, "variable", "variable"), (2, "variable", "fixed"),
+                    (3, "grouped", "variable"), (4, "variable", "grouped")]
+
+
+# The interpreter: one warp, two of the cases (its time grows with the 32 channels).
+@pytest.mark.parametrize("num_warps", [1, 2, 4, 8] if ON_GPU else [1])
+@pytest.mark.parametrize("tile", [1, 4, 8, 16] if ON_GPU else [4])
+@pytest.mark.parametrize("group,B_kind,C_kind",
+                         WHOLE_WARP_CASES if ON_GPU else WHOLE_WARP_CASES[1:3])
+def test_channel_blocks_of_whole_warps(num_warps, tile, group, B_kind, C_kind):
+    """32 channels per warp, as the main kernel's default on a GPU: the sums over the block's
+    channels of variable dB and dC go through warp_sums (shuffles between a warp's lanes), of
+    every count of states and positions per tile, for several channel blocks per B/C group and
+    a partial last block. (The interpreter runs the same steps, one warp.)"""
+    batch, _, L, _ = SHAPE
+    L = L if ON_GPU else 3 * BWD_BLOCK_T + 1
+    # A block must not straddle two groups of B or C: whole blocks there.
+    grouped = "grouped" in (B_kind, C_kind)
+    dim = 4 * 32 * num_warps if grouped else 3 * 32 * num_warps - 5
+    args, kwargs = make_case(batch, dim, L, 5, B_kind=B_kind, C_kind=C_kind,
+                             initial_state=True, a_scale="dim_n")
+    layout = BCLayout(B_variable=B_kind != "fixed", C_variable=C_kind != "fixed",
+                      B_groups=args[3].shape[1] if B_kind == "grouped" else 1,
+                      C_groups=args[4].shape[1] if C_kind == "grouped" else 1)
+    check_bwd_launch(args, kwargs, layout, block_d=32 * num_warps, num_warps=num_warps,
+                     group=group, tile=tile)
+
+
 def test_gradient_through_last_state_only():
     """out unused: autograd passes no gradient for it."""
     args, kwargs = make_case(*SHAPE, initial_state=True)

@@ -28,7 +28,8 @@ The visited positions are cut into segments of BLOCK_T (128 positions on a GPU):
    ddelta and dz. The states go in unrolled groups (main_config), their gradient carries and sums
    through the scratch when there are several. The sums over positions (dA, dD, ddelta_bias,
    ddelta_scale, fixed dB and dC) are per-channel registers of the program; the sums over channels
-   (variable dB, dC) are reduced over the program's block and stored per block, to be summed by the
+   (variable dB, dC) are reduced over the program's block (with blocks of whole warps, all of a
+   group's states and positions at once by warp_sums) and stored per block, to be summed by the
    caller in a fixed order: no atomics, the gradients are the same, bit for bit, on every run.
 
 Kernels 1 and 2 need only each tile's aggregate, a weighted sum rather than a scan: with
@@ -57,6 +58,7 @@ from fusedscan.utils.launch import (
     LaunchPlan, SignatureCache, carve, contiguous_strides, kernel_scales, launch_signature,
     strides,
 )
+from fusedscan.utils.warp_sums import lane_labels, warp_sums, warps_total
 
 # Positions per segment of the backward kernels (per tile of kernels 1 and 2).
 BWD_BLOCK_T = 16 if INTERPRETED else 128
@@ -431,24 +433,48 @@ def _group_inputs(n0, k, dstate, slot_rows, gslot_rows, acc_rows, nslot, row_ok,
 
 
 @triton.jit
+def _store_bc_sums(tiles, n0, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
+                   B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr):
+    """Stores the sums over the program's channels of a tile's per-channel terms of dB and dC
+    for the group's states n0, n0 + 1, ..: `tiles` holds, state by state, the variable one of
+    (dB, dC) as a [BLOCK_D, BLOCK_T] tile, or both paired by warp_sums's first lane bit. By
+    warp_sums: one lane bit at a time, every lane ends with its own sums, then one exchange
+    between warps."""
+    NVAR: tl.constexpr = 2 if B_VARIABLE and C_VARIABLE else 1
+    T: tl.constexpr = tiles[0].shape[1]
+    shares = warp_sums(tiles, NVAR - 1)
+    labs, dup = lane_labels(len(tiles) * NVAR, T)
+    first = dB_base if B_VARIABLE else dC_base
+    for e in tl.static_range(len(shares)):
+        total = warps_total(shares[e], tiles[0].shape[0])
+        lab = labs[e]
+        col = lab % T
+        n = n0 + lab // (T * NVAR)
+        at = tl.where((lab // T) % NVAR == 1, dC_base, first) + n * stride_dBC_n + j0 + col
+        tl.store(at, total, mask=(lab >= 0) & (dup == 0) & (n < dstate) & (j0 + col < j_hi))
+
+
+@triton.jit
 def _bwd_states(
     hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first, is_last,
-    n0, dstate, dB_at, dC_at, stride_dBC_n,
+    n0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n,
     NG: tl.constexpr, MULTI_GROUP: tl.constexpr, B_VARIABLE: tl.constexpr,
-    C_VARIABLE: tl.constexpr,
+    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr,
 ):
     """States n0 .. n0+NG-1 of one tile: rescans h from the states hs entering the tile, runs
     the reverse scan for g from the gradients Gs entering it from the right, adds their terms
     to y, du and ddt and stores the tile's sums over the block's channels of dB and dC when
-    variable (as row 0 of a [BLOCK_D, BLOCK_T] tile, which keeps the tile's register layout).
-    Returns the gradients entering the tile's first position, the tile's sums over positions
-    of ∂L/∂A_eff (and of dB, dC when fixed), y, du and ddt. A padding state (n ≥ N) has
+    variable: with WARP_SUMS all of the group's together (_store_bc_sums), else per state as
+    row 0 of a [BLOCK_D, BLOCK_T] tile (which keeps the tile's register layout). Returns the
+    gradients entering the tile's first position, the tile's sums over positions of ∂L/∂A_eff
+    (and of dB, dC when fixed), y, du and ddt. A padding state (n ≥ N) has
     A = B = C = 0 and adds nothing."""
     ACC = dt.dtype
     new_Gs = ()
     dAs = ()
     dBs = ()
     dCs = ()
+    bc_tiles = ()
     for i in tl.static_range(NG):
         n = n0 + i
         if MULTI_GROUP:
@@ -471,16 +497,26 @@ def _bwd_states(
         ah = h - b  # a_t·h_{t−1}
         ddt += g * (u * B_n + ah * (As[i] * LN2)[:, None])
         dAs = dAs + (tl.sum(g * ah * dt, axis=1),)
-        if B_VARIABLE:
+        if not B_VARIABLE:
+            dBs = dBs + (tl.sum(gdt * u, axis=1),)
+        elif not WARP_SUMS:
             tl.store(dB_at + n * stride_dBC_n, tl.sum(gdt * u, axis=0)[None, :],
                      mask=lead_row & col_mask & state_ok)
-        else:
-            dBs = dBs + (tl.sum(gdt * u, axis=1),)
-        if C_VARIABLE:
+        if not C_VARIABLE:
+            dCs = dCs + (tl.sum(dy * h, axis=1),)
+        elif not WARP_SUMS:
             tl.store(dC_at + n * stride_dBC_n, tl.sum(dy * h, axis=0)[None, :],
                      mask=lead_row & col_mask & state_ok)
-        else:
-            dCs = dCs + (tl.sum(dy * h, axis=1),)
+        if WARP_SUMS and B_VARIABLE and C_VARIABLE:
+            # The state's two tiles paired at once (the first lane bit): half the values live.
+            bc_tiles = bc_tiles + warp_sums((gdt * u, dy * h), 0, 1)
+        elif WARP_SUMS and B_VARIABLE:
+            bc_tiles = bc_tiles + (gdt * u,)
+        elif WARP_SUMS and C_VARIABLE:
+            bc_tiles = bc_tiles + (dy * h,)
+    if WARP_SUMS and (B_VARIABLE or C_VARIABLE):
+        _store_bc_sums(bc_tiles, n0, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
+                       B_VARIABLE, C_VARIABLE)
     return new_Gs, dAs, dBs, dCs, y, du, ddt
 
 
@@ -495,7 +531,7 @@ def _bwd_tile(
     dB_base, dC_base, stride_dBC_n, dstate, nslot, n_groups,
     BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
-    C_VARIABLE: tl.constexpr,
+    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr,
 ):
     """Second pass over tile k of a segment: stores du, ddelta, dz. One group: carries Gs and the
     accumulators dAs (dBs, dCs when fixed) in registers and returns them; several: through the
@@ -534,7 +570,8 @@ def _bwd_tile(
                            row_ok, col_mask, ACC, NG, MASK_T, B_VARIABLE, C_VARIABLE)
         Gs, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
             hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first,
-            is_last, 0, dstate, dB_at, dC_at, stride_dBC_n, NG, False, B_VARIABLE, C_VARIABLE)
+            is_last, 0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n, NG,
+            False, B_VARIABLE, C_VARIABLE, WARP_SUMS)
         dAs = _added(dAs, tile_dA, NG)
         if not B_VARIABLE:
             dBs = _added(dBs, tile_dB, NG)
@@ -549,8 +586,8 @@ def _bwd_tile(
                 stride_C_n, bc_offs_C, col_mask, ACC, NG, MASK_T, B_VARIABLE, C_VARIABLE)
             Gs_g, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
                 hs_g, Gs_g, As_g, Bs_g, Cs_g, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask,
-                is_first, is_last, n0, dstate, dB_at, dC_at, stride_dBC_n, NG, True, B_VARIABLE,
-                C_VARIABLE)
+                is_first, is_last, n0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at,
+                stride_dBC_n, NG, True, B_VARIABLE, C_VARIABLE, WARP_SUMS)
             _store_slot(gslot_rows, 0, n0, nslot, Gs_g, NG)
             _store_slot(acc_rows, 0, n0, nslot, _added(dA_g, tile_dA, NG), NG)
             if not B_VARIABLE:
@@ -608,7 +645,7 @@ def bwd_main_kernel(
     stride_keep_b, stride_keep_k,
     SEG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
     MULTI_GROUP: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
-    B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
+    B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr,
 ):
     """Grid (batch · n_dblocks, n_ranges). One program owns BLOCK_D channels (one row per thread,
     BLOCK_T positions in its registers, as in the forward kernel) and one range of visited
@@ -758,7 +795,7 @@ def bwd_main_kernel(
                 stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
                 gslot_rows, acc_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
                 n_groups, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
-                C_VARIABLE)
+                C_VARIABLE, WARP_SUMS)
             sum_dD += t_dD
             sum_dbias += t_dbias
             sum_dscale += t_dscale
@@ -773,7 +810,7 @@ def bwd_main_kernel(
                 stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
                 gslot_rows, acc_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
                 n_groups, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z,
-                HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE)
+                HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE, WARP_SUMS)
             sum_dD += t_dD
             sum_dbias += t_dbias
             sum_dscale += t_dscale
@@ -817,15 +854,20 @@ def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
     return length
 
 
-def main_config():
-    """(states per unrolled group, maxnreg) of the main kernel. With several groups the gradient
-    carries and accumulators go through the program's scratch. H200 (docs/kernel-log.md, "v2,
-    second step"): groups of two states with 168 registers (three programs per SM) for every
-    dtype; at 1x1536x32768 the main kernel took 4.7 ms in bf16 against 5.3 one state at a time
-    and 6.0 with 128 registers, 6.4 ms in float32 against 9.2 in groups of four uncapped. The
+def main_config(programs, device):
+    """(states per unrolled group, maxnreg) of the main kernel for a grid of `programs`. With
+    several groups the gradient carries and accumulators go through the program's scratch.
+    H200 (docs/kernel-log.md, "v2, second step" and "third step"): groups of two states for
+    every dtype, with 168 registers (three programs per SM), or 200 (two per SM, no spills)
+    when the grid's waves of two programs per SM, each worth 2/3 of a wave of three, come to
+    less than its waves of three: at 384 programs (one wave of three) 168 registers took 3.5 ms
+    at bf16 1x1536x32768 against 4.8 with 200; at 512 (16x2048x2048) 5.8 against 5.0. The
     interpreter: one group of up to MAX_GROUP states."""
     if INTERPRETED:
         return MAX_GROUP, None
+    sms = multiprocessor_count(device)
+    if triton.cdiv(programs, 2 * sms) * 2 < triton.cdiv(programs, 3 * sms) * 3:
+        return 2, 200
     return 2, 168
 
 
@@ -895,9 +937,6 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     size = max(u.element_size(), delta.element_size())
     # The interpreter's cost grows with the tiles: one per segment there (tests force more).
     tile = tile or (block_t if INTERPRETED else 16 // size)
-    auto_group, auto_maxnreg = main_config()
-    group = group or auto_group
-    maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
     if (chunk_size % block_t or block_t % tile
             or per_cgroup % block_d and per_cgroup != dim):
         raise ValueError(f"block_t = {block_t} must divide chunk_size = {chunk_size}, tile = "
@@ -910,6 +949,9 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         raise ValueError(f"range_length = {range_len} must divide chunk_size = {chunk_size} and "
                          f"be a multiple of block_t = {block_t}")
     n_ranges = triton.cdiv(nvisit, range_len)
+    auto_group, auto_maxnreg = main_config(batch * n_dblocks * n_ranges, u.device)
+    group = group or auto_group
+    maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
     n_gtiles = triton.cdiv(nvisit, block_t)
     n_carry_blocks = triton.cdiv(dim, carry_block_d)
     n_groups = triton.cdiv(dstate, MAX_GROUP)
@@ -974,7 +1016,8 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
                    contiguous_strides(z.shape) if z is not None else (0, 0, 0))),
         SEG=block_t, BLOCK_D=block_d, BLOCK_T=tile, NG=group, MULTI_GROUP=main_groups > 1,
         HAS_Z=z is not None, B_VARIABLE=layout.B_variable, C_VARIABLE=layout.C_variable,
-        num_warps=num_warps, **consts, **({"maxnreg": maxnreg} if maxnreg else {}))
+        WARP_SUMS=block_d == 32 * num_warps, num_warps=num_warps, **consts,
+        **({"maxnreg": maxnreg} if maxnreg else {}))
     rows = batch * n_ranges
     return BackwardPlan(
         range_states, grad_carries, main,

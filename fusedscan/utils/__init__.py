@@ -1,2 +1,3 @@
 """Helpers shared by fusedscan's ops: argument checks (`checks`), devices (`device`), launch
-arguments (`launch`) and Triton device functions (`kernels`)."""
+arguments (`launch`), Triton device functions (`kernels`) and sums over a warp's lanes
+(`warp_sums`)."""

@@ -1,0 +1,46 @@
+"""warp_sums (fusedscan/utils/warp_sums.py) against torch's sums over rows: every count of tiles
+and columns, odd counts included, one to four warps. On a GPU the lanes exchange values by
+shuffles; in Triton's interpreter the same steps run with the rows exchanged by index. Each tile
+is loaded as the kernels load theirs, 16 bytes per row from rows far apart, which puts one row
+in each thread (warp_sums needs that layout)."""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from fusedscan.utils.warp_sums import lane_labels, warp_sums, warps_total
+from tests.conftest import DEVICE
+from tests.helpers import rel_err
+
+
+@triton.jit
+def _sums_kernel(x_ptr, out_ptr, K: tl.constexpr, ROWS: tl.constexpr, T: tl.constexpr):
+    """out[q·T + c] = Σ_r x[q, r, c] for each of the K tiles of x (K, ROWS, 2·T), whose second
+    half of every row is padding."""
+    offs = tl.arange(0, ROWS)[:, None] * (2 * T) + tl.arange(0, T)[None, :]
+    tiles = ()
+    for q in tl.static_range(K):
+        tiles = tiles + (tl.load(x_ptr + q * ROWS * 2 * T + offs).to(tl.float32),)
+    shares = warp_sums(tiles)
+    labs, dup = lane_labels(K, T)
+    for e in tl.static_range(len(shares)):
+        total = warps_total(shares[e], ROWS)
+        tl.store(out_ptr + labs[e], total, mask=(labs[e] >= 0) & (dup == 0))
+
+
+@pytest.mark.parametrize("warps", [1, 2, 4])
+@pytest.mark.parametrize("T", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 8, 16])
+def test_warp_sums(K, T, warps):
+    rows = 32 * warps
+    # 16 bytes per row (at most 4 for one column).
+    dtype = {1: torch.float32, 2: torch.float64, 4: torch.float32, 8: torch.bfloat16,
+             16: torch.uint8}[T]
+    x = torch.randn(K, rows, 2 * T, device=DEVICE)
+    x = (x * 30 + 100).to(dtype) if dtype == torch.uint8 else x.to(dtype)
+    out = torch.full((K * T,), float("nan"), device=DEVICE)
+    _sums_kernel[(1,)](x, out, K=K, ROWS=rows, T=T, num_warps=warps)
+    ref = x[..., :T].double().sum(1).flatten()
+    assert not out.isnan().any(), "a sum was not written"
+    assert rel_err(out, ref) < 1e-6
