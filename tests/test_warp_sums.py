@@ -1,8 +1,8 @@
 """warp_sums (fusedscan/utils/warp_sums.py) against torch's sums over rows: every count of tiles
-and columns, odd counts included, one to four warps. On a GPU the lanes exchange values by
-shuffles; in Triton's interpreter the same steps run with the rows exchanged by index. Each tile
-is loaded as the kernels load theirs, 16 bytes per row from rows far apart, which puts one row
-in each thread (warp_sums needs that layout)."""
+and columns, odd counts included, one to four warps, all lane bits at once or the first one per
+pair of tiles (as the backward's main kernel calls it). Each tile is loaded as the kernels load
+theirs, 16 bytes per row from rows far apart, which puts one row in each thread: the layout in
+which the exchanges are warp shuffles (in another one they are right, and slower)."""
 
 import pytest
 import torch
@@ -15,14 +15,21 @@ from tests.helpers import rel_err
 
 
 @triton.jit
-def _sums_kernel(x_ptr, out_ptr, K: tl.constexpr, ROWS: tl.constexpr, T: tl.constexpr):
+def _sums_kernel(x_ptr, out_ptr, K: tl.constexpr, ROWS: tl.constexpr, T: tl.constexpr,
+                 STAGED: tl.constexpr):
     """out[q·T + c] = Σ_r x[q, r, c] for each of the K tiles of x (K, ROWS, 2·T), whose second
-    half of every row is padding."""
+    half of every row is padding. STAGED: tiles 2i and 2i + 1 paired on their own first."""
     offs = tl.arange(0, ROWS)[:, None] * (2 * T) + tl.arange(0, T)[None, :]
     tiles = ()
     for q in tl.static_range(K):
         tiles = tiles + (tl.load(x_ptr + q * ROWS * 2 * T + offs).to(tl.float32),)
-    shares = warp_sums(tiles)
+    if STAGED:
+        pairs = ()
+        for i in tl.static_range(K // 2):
+            pairs = pairs + warp_sums((tiles[2 * i], tiles[2 * i + 1]), 0, 1)
+        shares = warp_sums(pairs, 1)
+    else:
+        shares = warp_sums(tiles)
     labs, dup = lane_labels(K, T)
     for e in tl.static_range(len(shares)):
         total = warps_total(shares[e], ROWS)
@@ -31,8 +38,10 @@ def _sums_kernel(x_ptr, out_ptr, K: tl.constexpr, ROWS: tl.constexpr, T: tl.cons
 
 @pytest.mark.parametrize("warps", [1, 2, 4])
 @pytest.mark.parametrize("T", [1, 2, 4, 8, 16])
-@pytest.mark.parametrize("K", [1, 2, 3, 4, 5, 8, 16])
-def test_warp_sums(K, T, warps):
+@pytest.mark.parametrize("K,staged", [(1, False), (2, False), (3, False), (4, False),
+                                      (5, False), (8, False), (16, False), (2, True),
+                                      (4, True), (6, True), (16, True)])
+def test_warp_sums(K, staged, T, warps):
     rows = 32 * warps
     # 16 bytes per row (at most 4 for one column).
     dtype = {1: torch.float32, 2: torch.float64, 4: torch.float32, 8: torch.bfloat16,
@@ -40,7 +49,7 @@ def test_warp_sums(K, T, warps):
     x = torch.randn(K, rows, 2 * T, device=DEVICE)
     x = (x * 30 + 100).to(dtype) if dtype == torch.uint8 else x.to(dtype)
     out = torch.full((K * T,), float("nan"), device=DEVICE)
-    _sums_kernel[(1,)](x, out, K=K, ROWS=rows, T=T, num_warps=warps)
+    _sums_kernel[(1,)](x, out, K=K, ROWS=rows, T=T, STAGED=staged, num_warps=warps)
     ref = x[..., :T].double().sum(1).flatten()
     assert not out.isnan().any(), "a sum was not written"
     assert rel_err(out, ref) < 1e-6
