@@ -10,36 +10,38 @@ g_t = ∂L/∂h_t = C_t·dy_t + a_{t+1}·g_{t+1}, with ∂L/∂last_state added 
 
 and Δ̂'s chain (threshold mask, scale, softplus, bias) gives ∂L/∂delta and the parameters.
 
-The visited positions are cut into segments of BLOCK_T (128 positions on a GPU):
-1. `bwd_range_states_kernel` recomputes, from the states the forward pass saved every CHUNK
-   positions, the state entering every range_len positions (a power-of-two multiple of BLOCK_T
-   that divides CHUNK). Skipped when range_len = CHUNK.
-2. `bwd_grad_carries_kernel`, one program per (rows, range), walks its range backwards and
-   stores, for every segment, the gradient reaching it from the rest of the range,
-   G = a_{t+1}·g_{t+1} at the segment's last position t, with the Σ Δ̂ between, and the range's
-   aggregate: the ranges are independent, as the forward's segments.
-3. `bwd_main_kernel`: one program per (batch row, block of channels, range), in the forward kernel's
-   layout (one channel row per thread, a tile of 16 bytes of positions in its registers). It first
-   folds the later ranges' aggregates into the gradient entering its range from the right (range 0's
-   programs go on to ∂L/∂initial_state). Per segment, a first pass from the segment's start state
-   keeps the state entering each tile in the program's scratch; a second pass walks the tiles
-   backwards from the segment's G (kernel 2's plus the range's carry decayed across the rest of the
-   range), rescans each tile's states from the kept one, runs the reverse scan for g and writes du,
-   ddelta and dz. The states go in unrolled groups (main_config), their gradient carries and sums
-   through the scratch when there are several. The sums over positions (dA, dD, ddelta_bias,
-   ddelta_scale, fixed dB and dC) are per-channel registers of the program; the sums over channels
-   (variable dB, dC) are reduced over the program's block (with blocks of whole warps, all of a
-   group's states and positions at once by warp_sums) and stored per block, to be summed by the
-   caller in a fixed order: no atomics, the gradients are the same, bit for bit, on every run.
+The visited positions are cut into segments of BLOCK_T positions (128 on a GPU), and segments
+into ranges of range_len (a power-of-two multiple of BLOCK_T that divides CHUNK), one per program.
+Both kernels take the forward kernel's layout: one channel row per thread and a tile of 16 bytes of
+positions in its registers, so that scans over positions run inside each thread.
+1. `bwd_range_aggregates_kernel`, one program per (batch row, block of channels, range), walks
+   its range backwards, one exp(Δ̂·A) per position and state for both directions: for every
+   segment the gradient reaching it from the rest of the range (G = a_{t+1}·g_{t+1} at the
+   segment's last position t) with the Σ Δ̂ between, and for the range the gradient it passes to
+   its left from zero on its right, the state it ends in from a zero start, and its Σ Δ̂.
+2. `bwd_main_kernel`: one program per (batch row, block of channels, range). It first folds the
+   range aggregates: the chunk's earlier ranges into the state the forward saved at the chunk's
+   start (every CHUNK positions), giving the state entering its range, and the later ranges
+   into the gradient entering it from the right (range 0's programs go on to
+   ∂L/∂initial_state). Per segment, a first pass from the segment's start state keeps the state
+   entering each tile in the program's scratch; a second pass walks the tiles backwards from the
+   segment's G (kernel 1's plus the range's carry decayed across the rest of the range),
+   rescans each tile's states from the kept one, runs the reverse scan for g and writes du,
+   ddelta and dz. The states go in unrolled groups (main_config), their gradient carries and
+   sums through the scratch when there are several. The sums over positions (dA, dD,
+   ddelta_bias, ddelta_scale, fixed dB and dC) are per-channel registers of the program; the
+   sums over channels (variable dB, dC) are reduced over the program's block (with blocks of
+   whole warps, all of a group's states and positions at once by warp_sums) and stored per
+   block, to be summed by the caller in a fixed order: no atomics, the gradients are the same,
+   bit for bit, on every run.
 
-Kernels 1 and 2 need only each tile's aggregate, a weighted sum rather than a scan: with
-S_s = Σ_{m≤s} Δ̂_m inside a tile,
-    h_end    = Σ_s exp(A·(S_end − S_s))·b_s + exp(A·S_end)·h_start,
-    G_before = Σ_s exp(A·S_s)·C_s·dy_s + exp(A·S_end)·G_after.
+Kernel 1 needs only each tile's aggregates. One scan of (a, Δ̂·u·B) from zero gives the prefix
+products p_s = Π_{m≤s} a_m and the states, so the tile's end state from zero and
+    G_before = Σ_s p_s·C_s·dy_s + p_end·G_after.
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import torch
 import triton
@@ -60,7 +62,7 @@ from fusedscan.utils.launch import (
 )
 from fusedscan.utils.warp_sums import lane_labels, warp_sums, warps_total
 
-# Positions per segment of the backward kernels (per tile of kernels 1 and 2).
+# Positions per segment of the backward kernels (per stored gradient carry of kernel 1).
 BWD_BLOCK_T = 16 if INTERPRETED else 128
 # The main kernel's reverse scan as a forward scan of a flipped tile (_reverse_scan).
 REVERSE_BY_FLIP = tl.constexpr(not INTERPRETED)
@@ -110,193 +112,161 @@ def _load_dy(dout_rows, z_rows, j, pos, stride_dout_l, stride_z_l, col_mask, ACC
 
 
 @triton.jit
-def _decayed_sums(carries, As, S, total, x, M_src, stride_M_n, offs, n0, dstate, row_ok, col_mask,
-                  NG: tl.constexpr, MASK_T: tl.constexpr, VARIABLE: tl.constexpr):
-    """A tile's aggregate for states n0 .. n0+NG-1: Σ_s exp(A·S_s)·x_s·M_n,s + exp(A·total)·carry,
-    with M = B or C (As hold A·log2(e))."""
-    new = ()
-    for i in tl.static_range(NG):
-        M_n = load_bc(M_src, n0 + i, stride_M_n, offs, row_ok, n0 + i < dstate, col_mask, x.dtype,
-                       MASK_T, VARIABLE)
-        w = tl.exp2(As[i][:, None] * S)
-        new = new + (tl.sum(w * x * M_n, axis=1) + tl.exp2(As[i] * total) * carries[i],)
-    return new
-
-
-@triton.jit
-def _range_tile(j0, j_hi, seqlen, hs, As, n0, dstate, rows, row_ok, cols, u_rows, delta_rows,
-                keep_row, stride_u_l, stride_delta_l, stride_keep_k, B_src, stride_B_n, stride_B_l,
-                delta_bias, delta_scale, delta_threshold, flags, NG: tl.constexpr,
-                MASK_T: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr):
-    """States n0 .. n0+NG-1 after the tile at j0, from `hs` before it."""
-    ACC = hs[0].dtype
+def _aggregate_tile(j0, j_hi, seqlen, Hs, Ps, Gs, As, n0, dstate, rows, row_ok, cols, u_rows,
+                    delta_rows, z_rows, dout_rows, keep_row, stride_u_l, stride_delta_l,
+                    stride_z_l, stride_dout_l, stride_keep_k, B_src, stride_B_n, stride_B_l,
+                    C_src, stride_C_n, stride_C_l, delta_bias, delta_scale, delta_threshold,
+                    flags, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
+                    C_VARIABLE: tl.constexpr):
+    """The tile at j0 joined in front of the positions after it (states n0 .. n0+NG-1): with
+    the tile's prefix products p_s = Π_{m≤s} a_m (from the same scan as its end state h_T from
+    zero), the state Hs that those positions hand on from a zero start becomes Hs + Ps·h_T, their
+    decay Ps becomes Ps·p_T, and the gradient Gs entering them from the right becomes
+    Σ_s p_s·C_s·dy_s + p_T·Gs. Also returns the tile's Σ Δ̂."""
+    ACC = Gs[0].dtype
     j, pos, col_ok, col_mask, _ = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
                                                 seqlen, MASK_T, HAS_KEEP_IDX)
     u = tl.load(u_rows + pos[None, :] * stride_u_l, mask=col_mask, other=0.0).to(ACC)
     dt = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
     dt, _, _ = delta_hat(dt, delta_bias, delta_scale, delta_threshold, flags)
-    dt = tl.where(col_mask, dt, 0.0)
+    if MASK_T:
+        dt = tl.where(col_mask, dt, 0.0)
     dtu = dt * u
-    total = tl.sum(dt, axis=1)
-    after = total[:, None] - tl.cumsum(dt, axis=1)  # Σ of Δ̂ after each position
-    bc_offs = (rows * 0)[:, None] + pos[None, :] * stride_B_l
-    return _decayed_sums(hs, As, after, total, dtu, B_src, stride_B_n, bc_offs, n0, dstate, row_ok,
-                         col_mask, NG, MASK_T, B_VARIABLE)
-
-
-@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_chunks", "n_ranges", "n_groups"])
-def bwd_range_states_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
-    delta_threshold_ptr, keep_idx_ptr, chunk_states_ptr, range_states_ptr, delta_mult, a_mult,
-    dim, dstate, seqlen, nvisit, dim_per_group_B, n_dblocks, n_chunks, n_ranges, range_len,
-    n_groups, flags,
-    stride_u_b, stride_u_d, stride_u_l,
-    stride_delta_b, stride_delta_d, stride_delta_l,
-    stride_A_d, stride_A_n,
-    stride_B_b, stride_B_g, stride_B_n, stride_B_l,
-    stride_as_d, stride_as_n,
-    stride_keep_b, stride_keep_k,
-    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
-    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
-):
-    """Grid (batch · n_dblocks, n_chunks). Writes range_states (batch, dim, n_ranges, N): the
-    state entering every range_len visited positions, from chunk_states (batch, dim, n_chunks, N)."""
-    b, d0, rows, row_ok, rows64, in_rows64 = row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
-    c = tl.program_id(1)
-    cols = tl.arange(0, BLOCK_T)
-    u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
-    delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
-    keep_row = keep_idx_ptr + b * stride_keep_b
-    A_rows = A_ptr + rows64 * stride_A_d
-    a_scale_rows = a_scale_ptr + rows64 * stride_as_d
-    B_src = bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
-    delta_bias, delta_scale, delta_threshold = channel_params(
-        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
-    chunk_rows = chunk_states_ptr + ((b * dim + rows64) * n_chunks + c) * dstate
-    range_rows = range_states_ptr + (b * dim + rows64) * n_ranges * dstate
-
-    j_lo = c * CHUNK
-    j_hi = tl.minimum(j_lo + CHUNK, nvisit)
-    for g in range(n_groups):
-        n0 = g * NG
-        hs = load_states(chunk_rows, n0, dstate, row_ok, NG)
-        As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
-                      dstate, row_ok, NG)
-        for j0 in range(j_lo, j_hi, BLOCK_T):
-            if j0 % range_len == 0:
-                store_states(range_rows + (j0 // range_len) * dstate, n0, dstate, hs, row_ok, NG)
-            if j0 + BLOCK_T <= j_hi:
-                hs = _range_tile(j0, j_hi, seqlen, hs, As, n0, dstate, rows, row_ok, cols, u_rows,
-                                 delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k,
-                                 B_src, stride_B_n, stride_B_l, delta_bias, delta_scale,
-                                 delta_threshold, flags, NG, False, HAS_KEEP_IDX,
-                                 B_VARIABLE)
-            else:
-                hs = _range_tile(j0, j_hi, seqlen, hs, As, n0, dstate, rows, row_ok, cols, u_rows,
-                                 delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k,
-                                 B_src, stride_B_n, stride_B_l, delta_bias, delta_scale,
-                                 delta_threshold, flags, NG, True, HAS_KEEP_IDX,
-                                 B_VARIABLE)
-
-
-@triton.jit
-def _carry_tile(k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z_rows,
-                dout_rows, keep_row, stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, C_src,
-                stride_C_n, stride_C_l, delta_bias, delta_scale, delta_threshold, flags,
-                BLOCK_T: tl.constexpr, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
-                HAS_KEEP_IDX: tl.constexpr, C_VARIABLE: tl.constexpr):
-    """Gradients entering tile k from the right → entering tile k − 1, for states n0 .. n0+NG-1,
-    and the tile's Σ Δ̂."""
-    ACC = Gs[0].dtype
-    j, pos, col_ok, col_mask, _ = tile_columns(k * BLOCK_T, nvisit, cols, rows, keep_row,
-                                                stride_keep_k, seqlen, MASK_T, HAS_KEEP_IDX)
-    dt = tl.load(delta_rows + pos[None, :] * stride_delta_l, mask=col_mask, other=0.0).to(ACC)
-    dt, _, _ = delta_hat(dt, delta_bias, delta_scale, delta_threshold, flags)
-    dt = tl.where(col_mask, dt, 0.0)
     dy, _, _, _ = _load_dy(dout_rows, z_rows, j, pos, stride_dout_l, stride_z_l, col_mask, ACC,
                            HAS_Z)
-    upto = tl.cumsum(dt, axis=1)  # Σ of Δ̂ up to and including each position
-    total = tl.sum(dt, axis=1)
-    bc_offs = (rows * 0)[:, None] + pos[None, :] * stride_C_l
-    return _decayed_sums(Gs, As, upto, total, dy, C_src, stride_C_n, bc_offs, n0, dstate, row_ok,
-                         col_mask, NG, MASK_T, C_VARIABLE), total
+    zero_rows = (rows * 0)[:, None]
+    is_last = (cols == cols.shape[0] - 1)[None, :]
+    new_Hs = ()
+    new_Ps = ()
+    new_Gs = ()
+    for i in tl.static_range(NG):
+        state_ok = n0 + i < dstate
+        B_n = load_bc(B_src, n0 + i, stride_B_n, zero_rows + j[None, :] * stride_B_l, row_ok,
+                      state_ok, col_mask, ACC, MASK_T, B_VARIABLE)
+        C_n = load_bc(C_src, n0 + i, stride_C_n, zero_rows + j[None, :] * stride_C_l, row_ok,
+                      state_ok, col_mask, ACC, MASK_T, C_VARIABLE)
+        p, h = tl.associative_scan((tl.exp2(dt * As[i][:, None]), dtu * B_n), axis=1,
+                                   combine_fn=scan_combine)
+        p_T = tl.sum(tl.where(is_last, p, -0.0), axis=1)
+        new_Hs = new_Hs + (Hs[i] + Ps[i] * tl.sum(tl.where(is_last, h, -0.0), axis=1),)
+        new_Ps = new_Ps + (Ps[i] * p_T,)
+        new_Gs = new_Gs + (tl.sum(p * (C_n * dy), axis=1) + p_T * Gs[i],)
+    return new_Hs, new_Ps, new_Gs, tl.sum(dt, axis=1)
 
 
-@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_tiles", "n_ranges", "range_tiles",
+@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_gtiles", "n_ranges", "range_len",
                                "n_groups"])
-def bwd_grad_carries_kernel(
-    delta_ptr, A_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
+def bwd_range_aggregates_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
     delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, gcarry_ptr, seg_decay_ptr,
-    range_agg_ptr, range_decay_ptr, delta_mult, a_mult,
-    dim, dstate, seqlen, nvisit, dim_per_group_C, n_dblocks, n_tiles, n_ranges, range_tiles,
-    n_groups, flags,
+    range_agg_ptr, range_hend_ptr, range_decay_ptr, delta_mult, a_mult,
+    dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_gtiles,
+    n_ranges, range_len, n_groups, flags,
+    stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
     stride_dout_b, stride_dout_d, stride_dout_l,
     stride_A_d, stride_A_n,
+    stride_B_b, stride_B_g, stride_B_n, stride_B_l,
     stride_C_b, stride_C_g, stride_C_n, stride_C_l,
     stride_as_d, stride_as_n,
     stride_keep_b, stride_keep_k,
     stride_dlast_b, stride_dlast_d, stride_dlast_n,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_KEEP_IDX: tl.constexpr, C_VARIABLE: tl.constexpr,
+    SEG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
+    C_VARIABLE: tl.constexpr,
 ):
-    """Grid (batch · n_dblocks, n_ranges). Walks the segments (tiles of BLOCK_T) of range r
-    backwards, from ∂L/∂last_state in the last range and from zero in the others, and writes
-    for every segment k the gradient entering it from the rest of its range, gcarry
-    (batch, dim, n_tiles, N), and seg_decay (batch, n_tiles, dim), the Σ Δ̂ of the range's
-    positions after it; for the range, range_agg (batch, n_ranges, dim, N), the gradient it
-    passes to its left from zero on its right, and range_decay (batch, n_ranges, dim), its
-    Σ Δ̂. With X the gradient entering the range from the right (_range_carries), the gradient
-    entering segment k is gcarry + exp(A_eff·seg_decay)·X."""
+    """Grid (batch · n_dblocks, n_ranges), in the forward kernel's layout (one channel row per
+    thread, BLOCK_T positions in its registers). Walks range r's tiles backwards, from
+    ∂L/∂last_state in the last range and from zero in the others, computing each tile's
+    exp(Δ̂·A) once for both directions, and writes for every segment k (SEG positions) the
+    gradient entering it from the rest of its range, gcarry (batch, dim, n_gtiles, N), and
+    seg_decay (batch, n_gtiles, dim), the Σ Δ̂ of the range's positions after it; for the range,
+    range_agg (batch, n_ranges, dim, N), the gradient it passes to its left from zero on its
+    right, range_hend (same shape), the state it ends in from a zero start, and range_decay
+    (batch, n_ranges, dim), its Σ Δ̂. B and C are read by visited index (with keep_idx, the
+    kept positions' copies). With X the gradient entering the range from the right
+    (_range_carries), the gradient entering segment k is gcarry + exp(A_eff·seg_decay)·X; the
+    main kernel folds range_hend into the state entering each range (_range_start_states)."""
     b, d0, rows, row_ok, rows64, in_rows64 = row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
     r = tl.program_id(1)
     cols = tl.arange(0, BLOCK_T)
+    u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
     delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
     z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
     dout_rows = (dout_ptr + b * stride_dout_b + in_rows64 * stride_dout_d)[:, None]
     keep_row = keep_idx_ptr + b * stride_keep_b
     A_rows = A_ptr + rows64 * stride_A_d
     a_scale_rows = a_scale_ptr + rows64 * stride_as_d
+    B_src = bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
     C_src = bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
     delta_bias, delta_scale, delta_threshold = channel_params(
         rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
-    g_rows = gcarry_ptr + (b * dim + rows64) * n_tiles * dstate
-    decay_rows = seg_decay_ptr + b * n_tiles * dim + rows64
+    g_rows = gcarry_ptr + (b * dim + rows64) * n_gtiles * dstate
+    decay_rows = seg_decay_ptr + b * n_gtiles * dim + rows64
     range_rows = (b * n_ranges + r) * dim + rows64
     dlast_rows = dlast_ptr + b * stride_dlast_b + rows64 * stride_dlast_d
     from_dlast = (r == n_ranges - 1) & ((flags & FLAG_DLAST) != 0)
 
-    k_lo = r * range_tiles
-    k_hi = tl.minimum(k_lo + range_tiles, n_tiles)
+    # In whole segments, so that the compiler sees every tile start aligned for vector loads.
+    segs_per_range = range_len // SEG
+    j_lo = r * segs_per_range * SEG
+    j_hi = tl.minimum(j_lo + range_len, nvisit)
+    n_segs = tl.cdiv(j_hi - j_lo, SEG)
     for g in range(n_groups):
         n0 = g * NG
         Gs = ()
+        Hs = ()
+        Ps = ()
         for i in tl.static_range(NG):
             Gs = Gs + (tl.load(dlast_rows + (n0 + i) * stride_dlast_n,
                                mask=row_ok & (n0 + i < dstate) & from_dlast, other=0.0),)
+            Hs = Hs + (tl.zeros([BLOCK_D], A_ptr.dtype.element_ty),)
+            Ps = Ps + (tl.full([BLOCK_D], 1.0, A_ptr.dtype.element_ty),)
         As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
                       dstate, row_ok, NG)
         after = tl.zeros([BLOCK_D], A_ptr.dtype.element_ty)
-        for k_rev in range(k_hi - k_lo):
-            k = k_hi - 1 - k_rev
-            store_states(g_rows + k * dstate, n0, dstate, Gs, row_ok, NG)
-            tl.store(decay_rows + k * dim, after, mask=row_ok & (g == 0))
-            if (k + 1) * BLOCK_T <= nvisit:
-                Gs, total = _carry_tile(
-                    k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z_rows,
-                    dout_rows, keep_row, stride_delta_l, stride_z_l, stride_dout_l,
-                    stride_keep_k, C_src, stride_C_n, stride_C_l, delta_bias, delta_scale,
-                    delta_threshold, flags, BLOCK_T, NG, False, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
-            else:
-                Gs, total = _carry_tile(
-                    k, nvisit, seqlen, Gs, As, n0, dstate, rows, row_ok, cols, delta_rows, z_rows,
-                    dout_rows, keep_row, stride_delta_l, stride_z_l, stride_dout_l,
-                    stride_keep_k, C_src, stride_C_n, stride_C_l, delta_bias, delta_scale,
-                    delta_threshold, flags, BLOCK_T, NG, True, HAS_Z, HAS_KEEP_IDX, C_VARIABLE)
-            after += total
+        for s_rev in range(n_segs):
+            s0 = j_lo + (n_segs - 1 - s_rev) * SEG
+            s_hi = tl.minimum(s0 + SEG, j_hi)
+            store_states(g_rows + (s0 // SEG) * dstate, n0, dstate, Gs, row_ok, NG)
+            tl.store(decay_rows + (s0 // SEG) * dim, after, mask=row_ok & (g == 0))
+            n_full = (s_hi - s0) // BLOCK_T
+            if s0 + n_full * BLOCK_T < s_hi:
+                Hs, Ps, Gs, total = _aggregate_tile(
+                    s0 + n_full * BLOCK_T, s_hi, seqlen, Hs, Ps, Gs, As, n0, dstate, rows, row_ok,
+                    cols, u_rows, delta_rows, z_rows, dout_rows, keep_row, stride_u_l,
+                    stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, B_src, stride_B_n,
+                    stride_B_l, C_src, stride_C_n, stride_C_l, delta_bias, delta_scale,
+                    delta_threshold, flags, NG, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
+                    C_VARIABLE)
+                after += total
+            for k_rev in range(n_full):
+                Hs, Ps, Gs, total = _aggregate_tile(
+                    s0 + (n_full - 1 - k_rev) * BLOCK_T, s_hi, seqlen, Hs, Ps, Gs, As, n0,
+                    dstate, rows, row_ok, cols, u_rows, delta_rows, z_rows, dout_rows, keep_row,
+                    stride_u_l, stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, B_src,
+                    stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l, delta_bias,
+                    delta_scale, delta_threshold, flags, NG, False, HAS_Z, HAS_KEEP_IDX,
+                    B_VARIABLE, C_VARIABLE)
+                after += total
         store_states(range_agg_ptr + range_rows * dstate, n0, dstate, Gs, row_ok, NG)
+        store_states(range_hend_ptr + range_rows * dstate, n0, dstate, Hs, row_ok, NG)
         tl.store(range_decay_ptr + range_rows, after, mask=row_ok & (g == 0))
+
+
+@triton.jit
+def _range_start_states(b, r, n_ranges, chunk_ranges, n0, dstate, dim, As, rows64, row_ok,
+                        chunk_states_ptr, range_hend_ptr, range_decay_ptr, NG: tl.constexpr):
+    """States n0 .. n0+NG-1 entering range r: the forward's saved state at the start of the
+    range's chunk (chunk_ranges ranges per chunk), carried across the chunk's earlier ranges."""
+    c = r // chunk_ranges
+    n_chunks = tl.cdiv(n_ranges, chunk_ranges)
+    hs = load_states(chunk_states_ptr + ((b * dim + rows64) * n_chunks + c) * dstate, n0, dstate,
+                     row_ok, NG)
+    return fold_segments(hs, As, c * chunk_ranges, 1, r - c * chunk_ranges, n0, dstate, dim,
+                         row_ok, b * n_ranges * dim + rows64, range_decay_ptr, range_hend_ptr, NG)
 
 
 @triton.jit
@@ -322,7 +292,7 @@ def _store_dh0(b, n_ranges, n0, dstate, dim, Xs, As, rows64, row_ok, range_agg_p
 
 @triton.jit
 def _segment_carries(G_rows, decay, Xs, As, n0, dstate, row_ok, NG: tl.constexpr):
-    """Gradients of states n0 .. n0+NG-1 entering a segment from the right: kernel 2's part
+    """Gradients of states n0 .. n0+NG-1 entering a segment from the right: kernel 1's part
     from the rest of the range plus the range's carries Xs decayed across it."""
     Gs = load_states(G_rows, n0, dstate, row_ok, NG)
     out = ()
@@ -469,7 +439,6 @@ def _bwd_states(
     gradients entering the tile's first position, the tile's sums over positions of ∂L/∂A_eff
     (and of dB, dC when fixed), y, du and ddt. A padding state (n ≥ N) has
     A = B = C = 0 and adds nothing."""
-    ACC = dt.dtype
     new_Gs = ()
     dAs = ()
     dBs = ()
@@ -622,15 +591,15 @@ def _bwd_tile(
     return Gs, dAs, dBs, dCs, tile_dD, tl.sum(dpre, axis=1), tl.sum(ddt * sp, axis=1)
 
 
-@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_ranges", "range_len", "n_gtiles",
-                               "n_groups", "per_program"])
+@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_ranges", "chunk_ranges", "range_len",
+                               "n_gtiles", "n_groups", "per_program"])
 def bwd_main_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
-    a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, range_states_ptr, gcarry_ptr,
-    seg_decay_ptr, range_agg_ptr, range_decay_ptr, scratch_ptr, du_ptr, ddelta_ptr, dz_ptr,
-    dh0_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr, delta_mult, a_mult,
+    a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, chunk_states_ptr, gcarry_ptr,
+    seg_decay_ptr, range_agg_ptr, range_hend_ptr, range_decay_ptr, scratch_ptr, du_ptr,
+    ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr, delta_mult, a_mult,
     dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_ranges,
-    range_len, n_gtiles, n_groups, per_program, flags,
+    chunk_ranges, range_len, n_gtiles, n_groups, per_program, flags,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
@@ -649,15 +618,18 @@ def bwd_main_kernel(
 ):
     """Grid (batch · n_dblocks, n_ranges). One program owns BLOCK_D channels (one row per thread,
     BLOCK_T positions in its registers, as in the forward kernel) and one range of visited
-    positions, which it walks in segments of SEG (the tiles of gcarry). Per segment, a first pass
-    from the segment's start state keeps the state entering every tile in the program's scratch
-    (per_program floats: SEG / BLOCK_T + 1 slots of n_groups · NG states, then, with MULTI_GROUP,
-    the gradient carries, the accumulators and the range's carries); a second pass walks the tiles
-    backwards from the gradient entering the segment (kernel 2's, with the range's carries folded
-    in), rescanning each tile from its kept state. Writes du, ddelta, dz at the visited positions;
-    with an initial state (range 0's programs) dh0; dA (batch · n_ranges, dim, N); dB, dC as the
-    sums over each channel block (batch, n_dblocks, N, K) when variable, else (batch · n_ranges,
-    dim, N); dchan (batch · n_ranges, 3, dim): the sums for dD, ddelta_bias and ddelta_scale. B and
+    positions, which it walks in segments of SEG (the tiles of gcarry). It starts from the
+    forward's state at its chunk's start (chunk_states (batch, dim, n_chunks, N), chunk_ranges
+    ranges per chunk) and the gradients entering from the right, both folded from kernel 1's
+    range aggregates. Per segment, a first pass from the segment's start state keeps the state
+    entering every tile in the program's scratch (per_program floats: SEG / BLOCK_T + 1 slots of
+    n_groups · NG states, then, with MULTI_GROUP, the gradient carries, the accumulators and the
+    range's carries); a second pass walks the tiles backwards from the gradient entering the
+    segment (kernel 1's, with the range's carries folded in), rescanning each tile from its kept
+    state. Writes du, ddelta, dz at the visited positions; with an initial state (range 0's
+    programs) dh0; dA (batch · n_ranges, dim, N); dB, dC as the sums over each channel block
+    (batch, n_dblocks, N, K) when variable, else (batch · n_ranges, dim, N); dchan
+    (batch · n_ranges, 3, dim): the sums for dD, ddelta_bias and ddelta_scale. B and
     C are read by visited index (with keep_idx, the kept positions' copies). Every element is
     written once: no zero fill, no atomics."""
     pid = tl.program_id(0)
@@ -681,7 +653,6 @@ def bwd_main_kernel(
         rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
     D = load_D(D_ptr, rows, row_ok, flags)
     g_rows = gcarry_ptr + (b * dim + rows64) * n_gtiles * dstate
-    range_rows = range_states_ptr + ((b * dim + rows64) * n_ranges + r) * dstate
     row = b * n_ranges + r  # this program's row of the partial sums over positions
     dA_rows = dA_ptr + (row * dim + rows64) * dstate
     stride_dBC_n = nvisit
@@ -698,9 +669,10 @@ def bwd_main_kernel(
     dh0_here = (r == 0) & ((flags & FLAG_INITIAL_STATE) != 0)
 
     if not MULTI_GROUP:
-        hs = load_states(range_rows, 0, dstate, row_ok, NG)
         As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, 0, dstate,
                      row_ok, NG)
+        hs = _range_start_states(b, r, n_ranges, chunk_ranges, 0, dstate, dim, As, rows64, row_ok,
+                                 chunk_states_ptr, range_hend_ptr, range_decay_ptr, NG)
         Xs = _range_carries(b, r, n_ranges, 0, dstate, dim, As, rows64, row_ok, range_agg_ptr,
                             range_decay_ptr, NG)
         if dh0_here:
@@ -720,10 +692,12 @@ def bwd_main_kernel(
         dCs = ()
         for g in range(n_groups):
             n0 = g * NG
-            _store_slot(slot_rows, 0, n0, nslot, load_states(range_rows, n0, dstate, row_ok, NG),
-                        NG)
             As_g = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
                            dstate, row_ok, NG)
+            _store_slot(slot_rows, 0, n0, nslot,
+                        _range_start_states(b, r, n_ranges, chunk_ranges, n0, dstate, dim, As_g,
+                                            rows64, row_ok, chunk_states_ptr, range_hend_ptr,
+                                            range_decay_ptr, NG), NG)
             Xs_g = _range_carries(b, r, n_ranges, n0, dstate, dim, As_g, rows64, row_ok,
                                   range_agg_ptr, range_decay_ptr, NG)
             _store_slot(xslot_rows, 0, n0, nslot, Xs_g, NG)
@@ -854,21 +828,39 @@ def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
     return length
 
 
-def main_config(programs, device):
-    """(states per unrolled group, maxnreg) of the main kernel for a grid of `programs`. With
-    several groups the gradient carries and accumulators go through the program's scratch.
-    H200 (docs/kernel-log.md, "v2, second step" and "third step"): groups of two states for
-    every dtype, with 168 registers (three programs per SM), or 200 (two per SM, no spills)
+def _two_per_sm(programs, device, wave_ratio):
+    """Whether a grid of `programs` finishes sooner with two programs per SM than with three,
+    when a wave of three takes wave_ratio times as long as a wave of two."""
+    sms = multiprocessor_count(device)
+    return triton.cdiv(programs, 2 * sms) < triton.cdiv(programs, 3 * sms) * wave_ratio
+
+
+def main_config(programs, size, device):
+    """(states per unrolled group, maxnreg) of the main kernel for a grid of `programs` and
+    inputs of `size` bytes. With several groups the gradient carries and accumulators go
+    through the program's scratch. H200 (docs/kernel-log.md, "v2, second step" to "fourth
+    step"): groups of two states for 16-bit inputs, of four for 32-bit ones (tiles of 4
+    positions: main kernel 11-14% faster than with two on every shape of the grid), with 168
+    registers (three programs per SM), or 200 (two per SM, no spills)
     when the grid's waves of two programs per SM, each worth 2/3 of a wave of three, come to
     less than its waves of three: at 384 programs (one wave of three) 168 registers took 3.5 ms
     at bf16 1x1536x32768 against 4.8 with 200; at 512 (16x2048x2048) 5.8 against 5.0. The
     interpreter: one group of up to MAX_GROUP states."""
     if INTERPRETED:
         return MAX_GROUP, None
-    sms = multiprocessor_count(device)
-    if triton.cdiv(programs, 2 * sms) * 2 < triton.cdiv(programs, 3 * sms) * 3:
-        return 2, 200
-    return 2, 168
+    return 2 if size == 2 else 4, 200 if _two_per_sm(programs, device, 1.5) else 168
+
+
+def aggregates_maxnreg(programs, device):
+    """maxnreg of the range-aggregate kernel for a grid of `programs`: uncapped (255 registers,
+    two programs per SM) or 168 (three per SM, a few spills), by the waves each takes. H200,
+    bf16, ranges of 1024 positions (docs/kernel-log.md, "v2, fourth step"): a wave of three
+    took 0.87 ms, of two 0.68 (ratio 1.28); 384 programs (one wave of three) 0.87 against 1.36,
+    512 (two waves either way) 1.55 against 1.36. A cap of 128 spilled more and was slower
+    everywhere."""
+    if INTERPRETED or _two_per_sm(programs, device, 1.28):
+        return None
+    return 168
 
 
 def _bc_grad(partial, M, variable, groups, keep_idx):
@@ -892,22 +884,21 @@ def _bc_grad(partial, M, variable, groups, keep_idx):
 
 # Leading arguments of each backward kernel that change from call to call (tensors and the
 # scale multipliers); the others are fixed by the inputs' signature.
-RANGE_STATES_DYNAMIC_ARGS = 13
-GRAD_CARRIES_DYNAMIC_ARGS = 17
-MAIN_DYNAMIC_ARGS = 29
-# Channels per program of the range-state and gradient-carry kernels.
-CARRY_BLOCK_D = 4 if INTERPRETED else 8
+AGGREGATES_DYNAMIC_ARGS = 20
+MAIN_DYNAMIC_ARGS = 30
+# Warps per program of the range-aggregate kernel (a channel row per thread), and its channels
+# per program in the interpreter.
+AGGREGATE_WARPS = 4
+AGGREGATE_BLOCK_D = 4 if INTERPRETED else 32 * AGGREGATE_WARPS
 # BackwardPlans by the inputs' launch_signature, layout and tuning.
 BACKWARD_PLANS = SignatureCache()
 
 
 class BackwardPlan(NamedTuple):
-    """What selective_scan_bwd decides from the inputs' signature: its three launches (the
-    first None when range_len = CHUNK) and the shapes of what it allocates."""
-    range_states: Optional[LaunchPlan]
-    grad_carries: LaunchPlan
+    """What selective_scan_bwd decides from the inputs' signature: its two launches and the
+    shapes of what it allocates."""
+    aggregates: LaunchPlan
     main: LaunchPlan
-    range_states_shape: Optional[tuple]
     gcarry_shape: tuple
     seg_decay_shape: tuple
     range_agg_shape: tuple
@@ -929,10 +920,9 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
     nvisit = opts.visited or L
     chunk_size = chunk_size or CHUNK_SIZE
-    n_chunks = triton.cdiv(nvisit, chunk_size)
     per_cgroup = dim // math.lcm(layout.B_groups, layout.C_groups)
     block_d = fit_block_d(block_d or (4 if INTERPRETED else 32 * num_warps), per_cgroup, dim)
-    carry_block_d = fit_block_d(CARRY_BLOCK_D, per_cgroup, dim)
+    agg_block_d = fit_block_d(AGGREGATE_BLOCK_D, per_cgroup, dim)
     block_t = block_t or BWD_BLOCK_T
     size = max(u.element_size(), delta.element_size())
     # The interpreter's cost grows with the tiles: one per segment there (tests force more).
@@ -949,13 +939,12 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         raise ValueError(f"range_length = {range_len} must divide chunk_size = {chunk_size} and "
                          f"be a multiple of block_t = {block_t}")
     n_ranges = triton.cdiv(nvisit, range_len)
-    auto_group, auto_maxnreg = main_config(batch * n_dblocks * n_ranges, u.device)
+    auto_group, auto_maxnreg = main_config(batch * n_dblocks * n_ranges, size, u.device)
     group = group or auto_group
     maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
     n_gtiles = triton.cdiv(nvisit, block_t)
-    n_carry_blocks = triton.cdiv(dim, carry_block_d)
     n_groups = triton.cdiv(dstate, MAX_GROUP)
-    carry_group = triton.cdiv(dstate, n_groups)
+    agg_group = triton.cdiv(dstate, n_groups)
     # States per unrolled group of the main kernel.
     main_groups = triton.cdiv(dstate, group)
     group = triton.cdiv(dstate, main_groups)
@@ -984,46 +973,38 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     dout_strides = dict(zip(("stride_dout_b", "stride_dout_d", "stride_dout_l"), dout.stride()))
     consts = dict(HAS_KEEP_IDX=keep_idx is not None)
 
-    range_states = None
-    if range_len != chunk_size:
-        range_states = LaunchPlan(
-            bwd_range_states_kernel, (batch * n_carry_blocks, n_chunks),
-            RANGE_STATES_DYNAMIC_ARGS, device, dim_per_group_B=dim // layout.B_groups,
-            n_dblocks=n_carry_blocks, n_chunks=n_chunks, n_ranges=n_ranges, range_len=range_len,
-            n_groups=n_groups, **common, **u_strides, **bc(B, layout.B_variable, "B"),
-            CHUNK=chunk_size, BLOCK_D=carry_block_d, BLOCK_T=block_t, NG=carry_group,
-            B_VARIABLE=layout.B_variable, num_warps=4, **consts)
-    grad_carries = LaunchPlan(
-        bwd_grad_carries_kernel, (batch * n_carry_blocks, n_ranges), GRAD_CARRIES_DYNAMIC_ARGS,
-        device, dim_per_group_C=dim // layout.C_groups, n_dblocks=n_carry_blocks,
-        n_tiles=n_gtiles, n_ranges=n_ranges, range_tiles=range_len // block_t, n_groups=n_groups,
-        **common, **z_strides, **dout_strides, **bc(C, layout.C_variable, "C"),
+    bc_consts = dict(dim_per_group_B=dim // layout.B_groups,
+                     dim_per_group_C=dim // layout.C_groups, **bc(main_B, layout.B_variable, "B"),
+                     **bc(main_C, layout.C_variable, "C"), B_VARIABLE=layout.B_variable,
+                     C_VARIABLE=layout.C_variable)
+    agg_dblocks = triton.cdiv(dim, agg_block_d)
+    agg_maxnreg = aggregates_maxnreg(batch * agg_dblocks * n_ranges, u.device)
+    aggregates = LaunchPlan(
+        bwd_range_aggregates_kernel, (batch * agg_dblocks, n_ranges), AGGREGATES_DYNAMIC_ARGS,
+        device, n_dblocks=agg_dblocks, n_gtiles=n_gtiles, n_ranges=n_ranges, range_len=range_len,
+        n_groups=n_groups, **common, **u_strides, **z_strides, **dout_strides, **bc_consts,
         **dict(zip(("stride_dlast_b", "stride_dlast_d", "stride_dlast_n"), strides(dlast, 3))),
-        BLOCK_D=carry_block_d, BLOCK_T=block_t, NG=carry_group, HAS_Z=z is not None,
-        C_VARIABLE=layout.C_variable, num_warps=4, **consts)
+        SEG=block_t, BLOCK_D=agg_block_d, BLOCK_T=tile, NG=agg_group, HAS_Z=z is not None,
+        num_warps=AGGREGATE_WARPS, **consts,
+        **({"maxnreg": agg_maxnreg} if agg_maxnreg else {}))
     # du, ddelta and dz are allocated contiguous, like their inputs' shapes.
     main = LaunchPlan(
         bwd_main_kernel, (batch * n_dblocks, n_ranges), MAIN_DYNAMIC_ARGS, device,
-        dim_per_group_B=dim // layout.B_groups, dim_per_group_C=dim // layout.C_groups,
-        n_dblocks=n_dblocks, n_ranges=n_ranges, range_len=range_len, n_gtiles=n_gtiles,
-        n_groups=main_groups, per_program=per_program, **common, **u_strides, **z_strides,
-        **dout_strides, **bc(main_B, layout.B_variable, "B"),
-        **bc(main_C, layout.C_variable, "C"),
+        n_dblocks=n_dblocks, n_ranges=n_ranges, chunk_ranges=chunk_size // range_len,
+        range_len=range_len, n_gtiles=n_gtiles, n_groups=main_groups, per_program=per_program,
+        **common, **u_strides, **z_strides, **dout_strides, **bc_consts,
         **dict(zip(("stride_du_b", "stride_du_d", "stride_du_l"), contiguous_strides(u.shape))),
         **dict(zip(("stride_ddelta_b", "stride_ddelta_d", "stride_ddelta_l"),
                    contiguous_strides(delta.shape))),
         **dict(zip(("stride_dz_b", "stride_dz_d", "stride_dz_l"),
                    contiguous_strides(z.shape) if z is not None else (0, 0, 0))),
         SEG=block_t, BLOCK_D=block_d, BLOCK_T=tile, NG=group, MULTI_GROUP=main_groups > 1,
-        HAS_Z=z is not None, B_VARIABLE=layout.B_variable, C_VARIABLE=layout.C_variable,
-        WARP_SUMS=block_d == 32 * num_warps, num_warps=num_warps, **consts,
+        HAS_Z=z is not None, WARP_SUMS=block_d == 32 * num_warps, num_warps=num_warps, **consts,
         **({"maxnreg": maxnreg} if maxnreg else {}))
     rows = batch * n_ranges
     return BackwardPlan(
-        range_states, grad_carries, main,
-        (batch, dim, n_ranges, dstate) if range_states is not None else None,
-        (batch, dim, n_gtiles, dstate), (batch, n_gtiles, dim), (batch, n_ranges, dim, dstate),
-        (batch, n_ranges, dim), (rows, dim, dstate),
+        aggregates, main, (batch, dim, n_gtiles, dstate), (batch, n_gtiles, dim),
+        (batch, n_ranges, dim, dstate), (batch, n_ranges, dim), (rows, dim, dstate),
         (batch, n_dblocks, dstate, nvisit) if layout.B_variable else (rows, dim, dstate),
         (batch, n_dblocks, dstate, nvisit) if layout.C_variable else (rows, dim, dstate),
         (rows, 3, dim), batch * n_dblocks * n_ranges * per_program)
@@ -1073,31 +1054,25 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
 
     # Scratch in one buffer, the per-program partial sums in another (the gradients of B and C
     # may be views of it). The kernels write every element they later read: no zero fill.
-    range_states, gcarry, seg_decay, range_agg, range_decay, scratch = carve(A, (
-        plan.range_states_shape or (0,), plan.gcarry_shape, plan.seg_decay_shape,
-        plan.range_agg_shape, plan.range_decay_shape, (plan.scratch_size,)))
+    gcarry, seg_decay, range_agg, range_hend, range_decay, scratch = carve(A, (
+        plan.gcarry_shape, plan.seg_decay_shape, plan.range_agg_shape, plan.range_agg_shape,
+        plan.range_decay_shape, (plan.scratch_size,)))
     dA, dB, dC, dchan = carve(A, (plan.dA_shape, plan.dB_shape, plan.dC_shape, plan.dchan_shape))
 
-    # 1. The state entering every range.
-    if plan.range_states is not None:
-        plan.range_states(u, delta, A, B, *absent, chunk_states, range_states, delta_mult, a_mult)
-    else:
-        range_states = chunk_states
+    # 1. Every range's aggregates, and the gradient entering every segment from the rest of its
+    # range.
+    plan.aggregates(u, delta, A, main_B, main_C, A if z is None else z, *absent, dout,
+                    A if dlast is None else dlast, gcarry, seg_decay, range_agg, range_hend,
+                    range_decay, delta_mult, a_mult)
 
-    # 2. The gradient entering every segment from the rest of its range, and every range's
-    # aggregate.
-    plan.grad_carries(delta, A, C, A if z is None else z, *absent, dout,
-                      A if dlast is None else dlast, gcarry, seg_decay, range_agg, range_decay,
-                      delta_mult, a_mult)
-
-    # 3. Everything else. With keep_idx only the kept positions of du, ddelta and dz are
+    # 2. Everything else. With keep_idx only the kept positions of du, ddelta and dz are
     # written; the rest of the gradient is zero.
     grad_like = torch.zeros_like if keep_idx is not None else torch.empty_like
     du, ddelta = (grad_like(x, memory_format=torch.contiguous_format) for x in (u, delta))
     dz = grad_like(z, memory_format=torch.contiguous_format) if z is not None else None
     plan.main(u, delta, A, main_B, main_C, A if opts.D is None else opts.D,
-              A if z is None else z, *absent, dout, range_states, gcarry, seg_decay, range_agg,
-              range_decay, scratch, du, ddelta, A if dz is None else dz,
+              A if z is None else z, *absent, dout, chunk_states, gcarry, seg_decay, range_agg,
+              range_hend, range_decay, scratch, du, ddelta, A if dz is None else dz,
               A if dh0 is None else dh0, dA, dB, dC, dchan, delta_mult, a_mult)
 
     # Sums over the programs, in a fixed order.
