@@ -45,7 +45,7 @@ def _check_delta(delta, delta_bias, delta_softplus):
         raise ValueError(f"delta must be 3-D (batch, dim, L) with every size >= 1, got shape "
                          f"{tuple(delta.shape)}")
     if delta_bias is not None:
-        params, _ = param_dtypes(delta)
+        params, _ = param_dtypes("delta", delta)
         check_param("delta_bias", delta_bias, (delta.shape[1],), "(dim,)", params)
     if not isinstance(delta_softplus, bool):
         raise TypeError(f"delta_softplus must be a bool, got {type(delta_softplus).__name__}")

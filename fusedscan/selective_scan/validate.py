@@ -5,7 +5,7 @@ import torch
 from fusedscan.selective_scan.options import BCLayout
 from fusedscan.utils.checks import (
     ACTIVATION_DTYPES, F64, check_dtype, check_param, check_scale, check_shape, check_tensor,
-    param_dtypes,
+    param_dtypes, state_size_note,
 )
 from fusedscan.utils.device import check_devices
 from fusedscan.utils.launch import SignatureCache, launch_signature
@@ -20,18 +20,20 @@ def _check_bc(name, M, batch, dim, dstate, L, params, activations):
         raise NotImplementedError(f"{name}: complex B/C are not supported")
     if M.dim() == 2:
         check_dtype(name, M, params)
-        check_shape(name, M, (dim, dstate), "(dim, N) for a fixed " + name)
+        check_shape(name, M, (dim, dstate), "(dim, N) for a fixed " + name,
+                    state_size_note(dstate))
         return False, 1
     check_dtype(name, M, activations)
     if M.dim() == 3:
-        check_shape(name, M, (batch, dstate, L), "(batch, N, L)")
+        check_shape(name, M, (batch, dstate, L), "(batch, N, L)", state_size_note(dstate))
         return True, 1
     if M.dim() == 4:
         groups = M.shape[1]
         if groups < 1 or dim % groups != 0:
             raise ValueError(f"{name} has {groups} groups (dim 1 of (batch, G, N, L)); "
                              f"G must divide dim = {dim}")
-        check_shape(name, M, (batch, groups, dstate, L), "(batch, G, N, L)")
+        check_shape(name, M, (batch, groups, dstate, L), "(batch, G, N, L)",
+                    state_size_note(dstate))
         return True, groups
     raise ValueError(f"{name} must be 2-D (dim, N), 3-D (batch, N, L) or 4-D (batch, G, N, L), "
                      f"got {M.dim()}-D with shape {tuple(M.shape)}")
@@ -62,7 +64,7 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_la
     check_tensor("u", u)
     check_tensor("delta", delta)
     check_dtype("u", u, ACTIVATION_DTYPES + F64)
-    params, activations = param_dtypes(u)
+    params, activations = param_dtypes("u", u)
     check_dtype("delta", delta, activations)
     if u.dim() != 3:
         raise ValueError(f"u must be 3-D (batch, dim, L), got shape {tuple(u.shape)}")
@@ -100,11 +102,13 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_la
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if initial_state is not None:
-        check_param("initial_state", initial_state, (batch, dim, dstate), "(batch, dim, N)", params)
+        check_param("initial_state", initial_state, (batch, dim, dstate), "(batch, dim, N)",
+                    params, state_size_note(dstate))
     if delta_scale is not None:
         check_scale("delta_scale", delta_scale, {(dim,): "(dim,)"}, params)
     if a_scale is not None:
-        check_scale("a_scale", a_scale, {(dim,): "(dim,)", (dim, dstate): "(dim, N)"}, params)
+        check_scale("a_scale", a_scale, {(dim,): "(dim,)", (dim, dstate): "(dim, N)"}, params,
+                    state_size_note(dstate))
     if delta_threshold is not None:
         check_param("delta_threshold", delta_threshold, (dim,), "(dim,)", params)
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from fusedscan.selective_state_update.step import selective_state_update
 from fusedscan.utils.checks import (
     ACTIVATION_DTYPES, F64, check_dtype, check_param, check_scale, check_shape, check_tensor,
-    param_dtypes,
+    param_dtypes, state_size_note,
 )
 from fusedscan.utils.device import check_devices
 from fusedscan.utils.launch import channel_vectors, join_scale, split_scale
@@ -19,14 +19,14 @@ def _check_bc(name, M, batch, dim, dstate, activations):
     check_tensor(name, M)
     check_dtype(name, M, activations)
     if M.dim() == 2:
-        check_shape(name, M, (batch, dstate), "(batch, N)")
+        check_shape(name, M, (batch, dstate), "(batch, N)", state_size_note(dstate))
         return 1
     if M.dim() == 3:
         groups = M.shape[1]
         if groups < 1 or dim % groups:
             raise ValueError(f"{name} has {groups} groups (dim 1 of (batch, G, N)); "
                              f"G must divide dim = {dim}")
-        check_shape(name, M, (batch, groups, dstate), "(batch, G, N)")
+        check_shape(name, M, (batch, groups, dstate), "(batch, G, N)", state_size_note(dstate))
         return groups
     raise ValueError(f"{name} must be 2-D (batch, N) or 3-D (batch, G, N), got {M.dim()}-D "
                      f"with shape {tuple(M.shape)}")
@@ -38,7 +38,7 @@ def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, delta_s
     B and C."""
     check_tensor("x", x)
     check_dtype("x", x, ACTIVATION_DTYPES + F64)
-    params, activations = param_dtypes(x)
+    params, activations = param_dtypes("x", x)
     if x.dim() != 2 or 0 in x.shape:
         raise ValueError(f"x must be 2-D (batch, dim) with batch, dim >= 1, got shape "
                          f"{tuple(x.shape)}")
@@ -49,7 +49,8 @@ def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, delta_s
         raise ValueError(f"A must have shape (dim, N) with dim = {dim} and N >= 1, got "
                          f"{tuple(A.shape)}")
     dstate = A.shape[1]
-    check_param("state", state, (batch, dim, dstate), "(batch, dim, N)", params)
+    check_param("state", state, (batch, dim, dstate), "(batch, dim, N)", params,
+                state_size_note(dstate))
     if any(s == 0 and n > 1 for s, n in zip(state.stride(), state.shape)):
         raise ValueError("state must not be an expanded view (a zero stride): it is updated in "
                          "place")
@@ -69,7 +70,8 @@ def check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, delta_s
     if delta_scale is not None:
         check_scale("delta_scale", delta_scale, {(dim,): "(dim,)"}, params)
     if a_scale is not None:
-        check_scale("a_scale", a_scale, {(dim,): "(dim,)", (dim, dstate): "(dim, N)"}, params)
+        check_scale("a_scale", a_scale, {(dim,): "(dim,)", (dim, dstate): "(dim, N)"}, params,
+                    state_size_note(dstate))
     arguments = {"x": x, "state": state, "dt": dt, "A": A, "B": B, "C": C, "D": D, "z": z,
                  "dt_bias": dt_bias, "delta_scale": delta_scale, "a_scale": a_scale,
                  "delta_threshold": delta_threshold}

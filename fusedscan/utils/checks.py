@@ -11,6 +11,15 @@ ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 F64 = (torch.float64,)
 
 
+class Dtypes(tuple):
+    """Allowed dtypes and why they are the allowed ones, which a dtype error says."""
+
+    def __new__(cls, dtypes, why=""):
+        allowed = super().__new__(cls, dtypes)
+        allowed.why = why
+        return allowed
+
+
 def dtype_names(dtypes):
     return ", ".join(str(d).replace("torch.", "") for d in dtypes)
 
@@ -22,23 +31,25 @@ def check_tensor(name, x):
 
 def check_dtype(name, x, allowed):
     if x.dtype not in allowed:
-        raise TypeError(f"{name} must have dtype {dtype_names(allowed)}, got "
-                        f"{str(x.dtype).replace('torch.', '')}")
+        raise TypeError(f"{name} must have dtype {dtype_names(allowed)}"
+                        f"{getattr(allowed, 'why', '')}, got {str(x.dtype).replace('torch.', '')}")
 
 
-def check_shape(name, x, expected, what):
+def check_shape(name, x, expected, what, note=""):
+    """x of shape `expected`, described as `what`; `note` says where a size came from."""
     if tuple(x.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {what} = {tuple(expected)}, got {tuple(x.shape)}")
+        raise ValueError(f"{name} must have shape {what} = {tuple(expected)}, got "
+                         f"{tuple(x.shape)}{note}")
 
 
-def check_param(name, x, shape, what, dtypes):
+def check_param(name, x, shape, what, dtypes, note=""):
     """A parameter tensor of a fixed shape."""
     check_tensor(name, x)
     check_dtype(name, x, dtypes)
-    check_shape(name, x, shape, what)
+    check_shape(name, x, shape, what, note)
 
 
-def check_scale(name, x, shapes, dtypes):
+def check_scale(name, x, shapes, dtypes, note=""):
     """A Python number or a tensor of one of `shapes` ({shape: description})."""
     if isinstance(x, bool) or not isinstance(x, (numbers.Real, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a {dtype_names(dtypes)} tensor of shape "
@@ -48,11 +59,19 @@ def check_scale(name, x, shapes, dtypes):
         if tuple(x.shape) not in shapes:
             raise ValueError(f"{name} must have shape "
                              f"{' or '.join(f'{w} = {s}' for s, w in shapes.items())}, "
-                             f"got {tuple(x.shape)}")
+                             f"got {tuple(x.shape)}{note}")
 
 
-def param_dtypes(activation):
-    """(parameter dtypes, activation dtypes) allowed beside an activation tensor."""
+def param_dtypes(name, activation):
+    """(parameter dtypes, activation dtypes) allowed beside the activation tensor `name`, each
+    saying in its errors that `name` decides them."""
     if activation.dtype == torch.float64:
-        return F64, F64
-    return (torch.float32,), ACTIVATION_DTYPES
+        why = f" like {name} (a float64 {name} runs the kernels in float64 throughout)"
+        return Dtypes(F64, why), Dtypes(F64, why)
+    return (Dtypes((torch.float32,), f" (unless {name} is float64)"),
+            Dtypes(ACTIVATION_DTYPES, f" (float64 only with a float64 {name})"))
+
+
+def state_size_note(dstate):
+    """What a shape error says of N."""
+    return f"; N = {dstate} is A's dim 1"
