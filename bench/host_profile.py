@@ -9,7 +9,9 @@ forward+backward:
   the call waits for the GPU, so this is the host's own cost);
 - queued: triton.testing.do_bench (CUDA events, calls back to back), the kernels' own time;
 - paired: isolated and host times of fusedscan and mamba-ssm with their calls interleaved,
-  median of 300 each (the fair comparison on a host whose speed drifts).
+  median of 300 each (the fair comparison on a host whose speed drifts);
+- split: a forward+backward call's host time in parts (the forward, autograd.grad, each
+  library's backward function, fusedscan's backward launcher), interleaved likewise.
 Then the stages of one call, each timed alone the same way (median of 500): the argument
 checks, the forward launcher (allocations and launches), the backward launcher, autograd
 around a trivial function of as many inputs, each kernel launch (forward and backward)
@@ -23,6 +25,7 @@ import argparse
 import os
 import statistics
 import sys
+import time
 
 import torch
 import triton
@@ -256,6 +259,55 @@ def paired_rows(shape, mamba_fn):
     return rows
 
 
+def split_rows(shape, mamba_fn):
+    """A forward+backward call's host time in parts, fusedscan's and mamba-ssm's calls
+    interleaved (median of 400 each): the forward with autograd recording, autograd.grad, and
+    within it each library's backward function and fusedscan's backward launcher."""
+    from fusedscan.selective_scan import interface
+    stamps = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            stamps[name] = time.perf_counter() - t0
+            return result
+        return wrapper
+
+    mamba_function = sys.modules[mamba_fn.__module__].SelectiveScanFn
+    patches = [(interface, "selective_scan_bwd", "launcher"),
+               (interface.SelectiveScanFunction, "backward", "fusedscan backward function"),
+               (mamba_function, "backward", "mamba-ssm backward function")]
+    originals = [(obj, attr, vars(obj)[attr]) for obj, attr, _ in patches]
+    for obj, attr, name in patches:
+        wrapped = timed(name, getattr(obj, attr))
+        setattr(obj, attr, staticmethod(wrapped) if isinstance(obj, type) else wrapped)
+    sets = [make_inputs(shape, torch.bfloat16, requires_grad=True) for _ in range(3)]
+    parts = {"fusedscan": [], "mamba-ssm": []}
+    try:
+        for i in range(420):
+            for name in (("fusedscan", "mamba-ssm") if i % 2 else ("mamba-ssm", "fusedscan")):
+                scan = selective_scan_ext if name == "fusedscan" else mamba_fn
+                s = sets[i % 3]
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                out = scan(*(s[k] for k in ARGS), True)
+                t1 = time.perf_counter()
+                torch.autograd.grad(out, [s[k] for k in ARGS], s["g_out"])
+                t2 = time.perf_counter()
+                row = {"forward": t1 - t0, "autograd.grad": t2 - t1,
+                       "backward function": stamps[f"{name} backward function"]}
+                if name == "fusedscan":
+                    row["backward launcher"] = stamps["launcher"]
+                if i >= 20:
+                    parts[name].append(row)
+    finally:
+        for obj, attr, original in originals:
+            setattr(obj, attr, original)
+    return [(f"split {name}", part, statistics.median(r[part] for r in rs) * 1e3)
+            for name, rs in parts.items() for part in rs[0]]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", help="write the rows here")
@@ -273,6 +325,7 @@ def main():
         if mamba_fn is not None:
             rows += [(sid, *r) for r in call_rows(shape, mamba_fn, " mamba-ssm")]
             rows += [(sid, *r) for r in paired_rows(shape, mamba_fn)]
+            rows += [(sid, *r) for r in split_rows(shape, mamba_fn)]
         rows += [(sid, *r) for r in stage_rows(shape)]
     rows += [("-", *r) for r in launch_cost_rows()]
     rows += [("-", *r) for r in dispatch_rows()]

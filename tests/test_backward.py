@@ -8,6 +8,7 @@ import itertools
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fusedscan import selective_scan_ext
 from fusedscan.selective_scan.chunk import CHUNK_SIZE, selective_scan_fwd
@@ -15,6 +16,7 @@ from fusedscan.selective_scan.chunk_backward import (
     BACKWARD_PLANS, BWD_BLOCK_T, selective_scan_bwd,
 )
 from fusedscan.selective_scan.options import BCLayout
+from fusedscan.utils.launch import LaunchPlan
 from reference import grad_tolerance, selective_scan_ref
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import (
@@ -275,6 +277,30 @@ def test_launch_plans_follow_the_signature():
         args[0] = variant(args[0])
         check(args, kwargs, torch.bfloat16)
     assert len(BACKWARD_PLANS) == 2
+
+
+def test_backward_launcher_only_allocates_views_and_launches(monkeypatch):
+    """The backward launcher's default path (Mamba's options) runs its three kernels and no
+    torch computation: the sums over programs and the casts of dB and dC are its own kernel's
+    work (each torch operation costs host time on every call: docs/kernel-log.md)."""
+    args, kwargs = make_case(*SHAPE, dtype=torch.bfloat16)
+    inputs = launcher_args(args, kwargs)
+    out, last, chunk_states = selective_scan_fwd(*inputs, BCLayout())
+    g_out = torch.randn_like(out)
+    selective_scan_bwd(g_out, None, *inputs, BCLayout(), chunk_states)  # builds the plan
+    launches, ops = [], []
+    monkeypatch.setattr(LaunchPlan, "__call__",
+                        lambda plan, *a: launches.append(plan.kernel.fn.__name__))
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            ops.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Record():
+        selective_scan_bwd(g_out, None, *inputs, BCLayout(), chunk_states)
+    assert launches == ["bwd_range_aggregates_kernel", "bwd_main_kernel", "bwd_sums_kernel"]
+    assert set(ops) <= {"empty", "empty_like", "new_empty", "empty_strided", "as_strided"}, ops
 
 
 def test_non_contiguous_inputs():

@@ -12,8 +12,8 @@ and Δ̂'s chain (threshold mask, scale, softplus, bias) gives ∂L/∂delta and
 
 The visited positions are cut into segments of BLOCK_T positions (128 on a GPU), and segments
 into ranges of range_len (a power-of-two multiple of BLOCK_T that divides CHUNK), one per program.
-Both kernels take the forward kernel's layout: one channel row per thread and a tile of 16 bytes of
-positions in its registers, so that scans over positions run inside each thread.
+The first two kernels take the forward kernel's layout: one channel row per thread and a tile of
+16 bytes of positions in its registers, so that scans over positions run inside each thread.
 1. `bwd_range_aggregates_kernel`, one program per (batch row, block of channels, range), walks
    its range backwards, one exp(Δ̂·A) per position and state for both directions: for every
    segment the gradient reaching it from the rest of the range (G = a_{t+1}·g_{t+1} at the
@@ -32,8 +32,11 @@ positions in its registers, so that scans over positions run inside each thread.
    ddelta_bias, ddelta_scale, fixed dB and dC) are per-channel registers of the program; the
    sums over channels (variable dB, dC) are reduced over the program's block (with blocks of
    whole warps, all of a group's states and positions at once by warp_sums) and stored per
-   block, to be summed by the caller in a fixed order: no atomics, the gradients are the same,
-   bit for bit, on every run.
+   block.
+3. `bwd_sums_kernel` sums those partial sums over the programs in a fixed order, casting the
+   variable dB and dC to their dtypes: no atomics, the gradients are the same, bit for bit, on
+   every run.
+All three keep what they pass on in one workspace buffer, at offsets fixed by the plan.
 
 Kernel 1 needs only each tile's aggregates. One scan of (a, Δ̂·u·B) from zero gives the prefix
 products p_s = Π_{m≤s} a_m and the states, so the tile's end state from zero and
@@ -57,8 +60,7 @@ from fusedscan.utils.kernels import (
     option_flags, scan_combine,
 )
 from fusedscan.utils.launch import (
-    LaunchPlan, SignatureCache, carve, contiguous_strides, kernel_scales, launch_signature,
-    strides,
+    LaunchPlan, SignatureCache, contiguous_strides, kernel_scales, launch_signature, strides,
 )
 from fusedscan.utils.warp_sums import lane_labels, warp_sums, warps_total
 
@@ -156,13 +158,14 @@ def _aggregate_tile(j0, j_hi, seqlen, Hs, Ps, Gs, As, n0, dstate, rows, row_ok, 
 
 
 @triton.jit(do_not_specialize=["flags", "n_dblocks", "n_gtiles", "n_ranges", "range_len",
-                               "n_groups"])
+                               "n_groups", "off_gcarry", "off_seg_decay", "off_range_agg",
+                               "off_range_hend", "off_range_decay"])
 def bwd_range_aggregates_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
-    delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, gcarry_ptr, seg_decay_ptr,
-    range_agg_ptr, range_hend_ptr, range_decay_ptr, delta_mult, a_mult,
+    delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, work_ptr, delta_mult, a_mult,
     dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_gtiles,
-    n_ranges, range_len, n_groups, flags,
+    n_ranges, range_len, n_groups, flags, off_gcarry, off_seg_decay, off_range_agg,
+    off_range_hend, off_range_decay,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
@@ -185,10 +188,11 @@ def bwd_range_aggregates_kernel(
     seg_decay (batch, n_gtiles, dim), the Σ Δ̂ of the range's positions after it; for the range,
     range_agg (batch, n_ranges, dim, N), the gradient it passes to its left from zero on its
     right, range_hend (same shape), the state it ends in from a zero start, and range_decay
-    (batch, n_ranges, dim), its Σ Δ̂. B and C are read by visited index (with keep_idx, the
-    kept positions' copies). With X the gradient entering the range from the right
-    (_range_carries), the gradient entering segment k is gcarry + exp(A_eff·seg_decay)·X; the
-    main kernel folds range_hend into the state entering each range (_range_start_states)."""
+    (batch, n_ranges, dim), its Σ Δ̂; each at its offset off_* in the workspace work_ptr. B and
+    C are read by visited index (with keep_idx, the kept positions' copies). With X the gradient
+    entering the range from the right (_range_carries), the gradient entering segment k is
+    gcarry + exp(A_eff·seg_decay)·X; the main kernel folds range_hend into the state entering
+    each range (_range_start_states)."""
     b, d0, rows, row_ok, rows64, in_rows64 = row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
     r = tl.program_id(1)
     cols = tl.arange(0, BLOCK_T)
@@ -203,8 +207,8 @@ def bwd_range_aggregates_kernel(
     C_src = bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
     delta_bias, delta_scale, delta_threshold = channel_params(
         rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
-    g_rows = gcarry_ptr + (b * dim + rows64) * n_gtiles * dstate
-    decay_rows = seg_decay_ptr + b * n_gtiles * dim + rows64
+    g_rows = work_ptr + off_gcarry + (b * dim + rows64) * n_gtiles * dstate
+    decay_rows = work_ptr + off_seg_decay + b * n_gtiles * dim + rows64
     range_rows = (b * n_ranges + r) * dim + rows64
     dlast_rows = dlast_ptr + b * stride_dlast_b + rows64 * stride_dlast_d
     from_dlast = (r == n_ranges - 1) & ((flags & FLAG_DLAST) != 0)
@@ -251,9 +255,9 @@ def bwd_range_aggregates_kernel(
                     delta_scale, delta_threshold, flags, NG, False, HAS_Z, HAS_KEEP_IDX,
                     B_VARIABLE, C_VARIABLE)
                 after += total
-        store_states(range_agg_ptr + range_rows * dstate, n0, dstate, Gs, row_ok, NG)
-        store_states(range_hend_ptr + range_rows * dstate, n0, dstate, Hs, row_ok, NG)
-        tl.store(range_decay_ptr + range_rows, after, mask=row_ok & (g == 0))
+        store_states(work_ptr + off_range_agg + range_rows * dstate, n0, dstate, Gs, row_ok, NG)
+        store_states(work_ptr + off_range_hend + range_rows * dstate, n0, dstate, Hs, row_ok, NG)
+        tl.store(work_ptr + off_range_decay + range_rows, after, mask=row_ok & (g == 0))
 
 
 @triton.jit
@@ -592,14 +596,18 @@ def _bwd_tile(
 
 
 @triton.jit(do_not_specialize=["flags", "n_dblocks", "n_ranges", "chunk_ranges", "range_len",
-                               "n_gtiles", "n_groups", "per_program"])
+                               "n_gtiles", "n_groups", "per_program", "off_gcarry",
+                               "off_seg_decay", "off_range_agg", "off_range_hend",
+                               "off_range_decay", "off_scratch", "off_sums", "sums_row", "off_dB",
+                               "off_dC"])
 def bwd_main_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
-    a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, chunk_states_ptr, gcarry_ptr,
-    seg_decay_ptr, range_agg_ptr, range_hend_ptr, range_decay_ptr, scratch_ptr, du_ptr,
-    ddelta_ptr, dz_ptr, dh0_ptr, dA_ptr, dB_ptr, dC_ptr, dchan_ptr, delta_mult, a_mult,
+    a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, chunk_states_ptr, work_ptr, du_ptr,
+    ddelta_ptr, dz_ptr, dh0_ptr, delta_mult, a_mult,
     dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_ranges,
-    chunk_ranges, range_len, n_gtiles, n_groups, per_program, flags,
+    chunk_ranges, range_len, n_gtiles, n_groups, per_program, flags, off_gcarry, off_seg_decay,
+    off_range_agg, off_range_hend, off_range_decay, off_scratch, off_sums, sums_row, off_dB,
+    off_dC,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
     stride_z_b, stride_z_d, stride_z_l,
@@ -627,9 +635,10 @@ def bwd_main_kernel(
     range's carries); a second pass walks the tiles backwards from the gradient entering the
     segment (kernel 1's, with the range's carries folded in), rescanning each tile from its kept
     state. Writes du, ddelta, dz at the visited positions; with an initial state (range 0's
-    programs) dh0; dA (batch · n_ranges, dim, N); dB, dC as the sums over each channel block
-    (batch, n_dblocks, N, K) when variable, else (batch · n_ranges, dim, N); dchan
-    (batch · n_ranges, 3, dim): the sums for dD, ddelta_bias and ddelta_scale. B and
+    programs) dh0; into the workspace work_ptr (off_* its regions) a row of sums_row partial
+    sums over its positions (at off_sums, rows batch · n_ranges): dA (dim, N), dB and dC
+    (dim, N) when fixed, then the sums for dD, ddelta_bias and ddelta_scale (dim each); and
+    dB, dC when variable as the sums over each channel block (batch, n_dblocks, N, K). B and
     C are read by visited index (with keep_idx, the kept positions' copies). Every element is
     written once: no zero fill, no atomics."""
     pid = tl.program_id(0)
@@ -652,20 +661,28 @@ def bwd_main_kernel(
     delta_bias, delta_scale, delta_threshold = channel_params(
         rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
     D = load_D(D_ptr, rows, row_ok, flags)
-    g_rows = gcarry_ptr + (b * dim + rows64) * n_gtiles * dstate
-    row = b * n_ranges + r  # this program's row of the partial sums over positions
-    dA_rows = dA_ptr + (row * dim + rows64) * dstate
+    g_rows = work_ptr + off_gcarry + (b * dim + rows64) * n_gtiles * dstate
+    range_agg_ptr = work_ptr + off_range_agg
+    range_hend_ptr = work_ptr + off_range_hend
+    range_decay_ptr = work_ptr + off_range_decay
+    # This program's row of the partial sums over positions: dA (dim, N), dB and dC (dim, N)
+    # when fixed (at off_dB, off_dC in the row), dD, ddelta_bias, ddelta_scale (dim each).
+    sums_at = work_ptr + off_sums + (b * n_ranges + r).to(tl.int64) * sums_row
+    NSUMS: tl.constexpr = 3 - B_VARIABLE - C_VARIABLE
+    dA_rows = sums_at + rows64 * dstate
     stride_dBC_n = nvisit
     dBC_base = (b * n_dblocks + pid % n_dblocks) * dstate * nvisit
-    dB_base = dB_ptr + dBC_base if B_VARIABLE else dB_ptr + (row * dim + rows64) * dstate
-    dC_base = dC_ptr + dBC_base if C_VARIABLE else dC_ptr + (row * dim + rows64) * dstate
+    dB_base = (work_ptr + off_dB + dBC_base if B_VARIABLE
+               else sums_at + off_dB + rows64 * dstate)
+    dC_base = (work_ptr + off_dC + dBC_base if C_VARIABLE
+               else sums_at + off_dC + rows64 * dstate)
     nslot = n_groups * NG
-    slot_rows = (scratch_ptr + (pid.to(tl.int64) * n_ranges + r) * per_program
+    slot_rows = (work_ptr + off_scratch + (pid.to(tl.int64) * n_ranges + r) * per_program
                  + tl.arange(0, BLOCK_D))
     gslot_rows = slot_rows + (SEG // BLOCK_T + 1) * nslot * BLOCK_D
     acc_rows = gslot_rows + nslot * BLOCK_D
     xslot_rows = acc_rows + 3 * nslot * BLOCK_D
-    decay_rows = seg_decay_ptr + b * n_gtiles * dim + rows64
+    decay_rows = work_ptr + off_seg_decay + b * n_gtiles * dim + rows64
     dh0_here = (r == 0) & ((flags & FLAG_INITIAL_STATE) != 0)
 
     if not MULTI_GROUP:
@@ -812,7 +829,7 @@ def bwd_main_kernel(
             if not C_VARIABLE:
                 store_states(dC_base, n0, dstate, _slot_states(acc_rows, 2, n0, nslot, NG),
                              row_ok, NG)
-    chan_rows = dchan_ptr + row * 3 * dim + rows64
+    chan_rows = sums_at + NSUMS * dim * dstate + rows64
     tl.store(chan_rows, sum_dD, mask=row_ok)
     tl.store(chan_rows + dim, sum_dbias, mask=row_ok)
     tl.store(chan_rows + 2 * dim, sum_dscale, mask=row_ok)
@@ -863,29 +880,53 @@ def aggregates_maxnreg(programs, device):
     return 168
 
 
-def _bc_grad(partial, M, variable, groups, keep_idx):
-    """The gradient of B or C from the kernel's per-program float32 sums."""
-    if not variable:
-        return partial.sum(0)
-    batch, n_cgroups, dstate, nvisit = partial.shape
-    if n_cgroups == groups:  # one part per group: nothing to sum
-        grad = partial
+@triton.jit
+def _sum_parts(q, src_ptr, dst_ptr, parts, width, stride_part, n_blocks, BLOCK: tl.constexpr):
+    """Program q of one reduction: dst[o, i] = Σ_p src[o, p, i] over one block of BLOCK
+    columns i < width, p = 0, 1, .., parts − 1 in order (src rows stride_part apart, dst rows
+    width apart; o = q // n_blocks)."""
+    o = (q // n_blocks).to(tl.int64)
+    cols = (q % n_blocks) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < width
+    src = src_ptr + o * parts * stride_part + cols
+    acc = tl.zeros([BLOCK], src_ptr.dtype.element_ty)
+    for p in range(parts):
+        acc += tl.load(src + p * stride_part, mask=mask, other=0.0)
+    tl.store(dst_ptr + o * width + cols, acc.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["off_sums", "rows", "sums_width", "sums_row", "off_dB", "off_dC",
+                               "parts_B", "parts_C", "bc_width", "bc_blocks", "start_B",
+                               "start_C"])
+def bwd_sums_kernel(
+    work_ptr, sums_ptr, dB_ptr, dC_ptr,
+    off_sums, rows, sums_width, sums_row, off_dB, off_dC, parts_B, parts_C, bc_width,
+    bc_blocks, start_B, start_C, BLOCK: tl.constexpr,
+):
+    """The main kernel's partial sums, summed in a fixed order: programs below start_B sum its
+    rows (rows of sums_row at off_sums in the workspace work_ptr) into sums (sums_width: dA,
+    fixed dB and dC, dD, ddelta_bias, ddelta_scale); from start_B the variable dB's channel
+    blocks (batch, G · parts_B, N, K at off_dB) into dB (batch, G, N, K) in dB's dtype, from
+    start_C likewise dC."""
+    q = tl.program_id(0)
+    if q < start_B:
+        _sum_parts(q, work_ptr + off_sums, sums_ptr, rows, sums_width, sums_row,
+                   tl.cdiv(sums_width, BLOCK), BLOCK)
+    elif q < start_C:
+        _sum_parts(q - start_B, work_ptr + off_dB, dB_ptr, parts_B, bc_width, bc_width, bc_blocks,
+                   BLOCK)
     else:
-        grad = partial.view(batch, groups, n_cgroups // groups, dstate, nvisit).sum(2)
-    if M.dim() == 3:
-        grad = grad[:, 0]
-    if keep_idx is not None:
-        full = torch.zeros(M.shape, dtype=grad.dtype, device=grad.device)
-        idx = keep_idx.clamp(0, M.shape[-1] - 1)
-        idx = idx.view(batch, *(1,) * (M.dim() - 2), nvisit).expand(*grad.shape)
-        grad = full.scatter_(-1, idx, grad)
-    return grad.to(M.dtype)
+        _sum_parts(q - start_C, work_ptr + off_dC, dC_ptr, parts_C, bc_width, bc_width, bc_blocks,
+                   BLOCK)
 
 
 # Leading arguments of each backward kernel that change from call to call (tensors and the
 # scale multipliers); the others are fixed by the inputs' signature.
-AGGREGATES_DYNAMIC_ARGS = 20
-MAIN_DYNAMIC_ARGS = 30
+AGGREGATES_DYNAMIC_ARGS = 16
+MAIN_DYNAMIC_ARGS = 21
+SUMS_DYNAMIC_ARGS = 4
+# Columns per program of bwd_sums_kernel.
+SUMS_BLOCK = 1024
 # Warps per program of the range-aggregate kernel (a channel row per thread), and its channels
 # per program in the interpreter.
 AGGREGATE_WARPS = 4
@@ -895,19 +936,25 @@ BACKWARD_PLANS = SignatureCache()
 
 
 class BackwardPlan(NamedTuple):
-    """What selective_scan_bwd decides from the inputs' signature: its two launches and the
-    shapes of what it allocates."""
+    """What selective_scan_bwd decides from the inputs' signature: its three launches, the size
+    of its workspace, and the outputs of the sums kernel."""
     aggregates: LaunchPlan
     main: LaunchPlan
-    gcarry_shape: tuple
-    seg_decay_shape: tuple
-    range_agg_shape: tuple
-    range_decay_shape: tuple
-    dA_shape: tuple
-    dB_shape: tuple
+    sums: LaunchPlan
+    work_size: int
+    sums_width: int
+    dB_shape: tuple  # the sums kernel's dB: B's shape with K positions, or None when fixed
     dC_shape: tuple
-    dchan_shape: tuple
-    scratch_size: int
+
+
+def _regions(*sizes):
+    """Offsets of consecutive regions of the given sizes and the total size. Each region starts
+    at a multiple of 128 elements (512 bytes in float32, as a separate allocation would)."""
+    offsets, total = [], 0
+    for size in sizes:
+        offsets.append(total)
+        total += -(-size // 128) * 128
+    return offsets, total
 
 
 def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, tuning):
@@ -958,7 +1005,28 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
                          opts.delta_threshold, h0, dlast)
     device = u.get_device()
 
-    common = dict(dim=dim, dstate=dstate, seqlen=L, nvisit=nvisit, flags=flags)
+    # The workspace: the range aggregates, the main kernel's scratch, a row of partial sums
+    # per (batch row, range) (dA, fixed dB and dC, then dD, ddelta_bias, ddelta_scale), and the
+    # variable dB and dC per channel block.
+    rows = batch * n_ranges
+    n_fixed = (not layout.B_variable) + (not layout.C_variable)
+    sums_width = (1 + n_fixed) * dim * dstate + 3 * dim
+    sums_row = -(-sums_width // 16) * 16
+    bc_size = batch * n_dblocks * dstate * nvisit
+    (off_gcarry, off_seg_decay, off_range_agg, off_range_hend, off_range_decay, off_scratch,
+     off_sums, off_var_B, off_var_C), work_size = _regions(
+        batch * dim * n_gtiles * dstate, batch * n_gtiles * dim, rows * dim * dstate,
+        rows * dim * dstate, rows * dim, batch * n_dblocks * n_ranges * per_program,
+        rows * sums_row, bc_size if layout.B_variable else 0,
+        bc_size if layout.C_variable else 0)
+    # dB and dC: variable ones at their regions, fixed ones within a row of sums.
+    off_dB = off_var_B if layout.B_variable else dim * dstate
+    off_dC = off_var_C if layout.C_variable else (1 + (not layout.B_variable)) * dim * dstate
+    aggregate_offsets = dict(off_gcarry=off_gcarry, off_seg_decay=off_seg_decay,
+                             off_range_agg=off_range_agg, off_range_hend=off_range_hend,
+                             off_range_decay=off_range_decay)
+    common = dict(dim=dim, dstate=dstate, seqlen=L, nvisit=nvisit, flags=flags,
+                  **aggregate_offsets)
     common.update(zip(("stride_as_d", "stride_as_n"), strides(a_scale, 2)))
     common.update(zip(("stride_keep_b", "stride_keep_k"), strides(keep_idx, 2)))
     common.update(zip(("stride_A_d", "stride_A_n"), A.stride()))
@@ -992,7 +1060,8 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         bwd_main_kernel, (batch * n_dblocks, n_ranges), MAIN_DYNAMIC_ARGS, device,
         n_dblocks=n_dblocks, n_ranges=n_ranges, chunk_ranges=chunk_size // range_len,
         range_len=range_len, n_gtiles=n_gtiles, n_groups=main_groups, per_program=per_program,
-        **common, **u_strides, **z_strides, **dout_strides, **bc_consts,
+        off_scratch=off_scratch, off_sums=off_sums, sums_row=sums_row, off_dB=off_dB,
+        off_dC=off_dC, **common, **u_strides, **z_strides, **dout_strides, **bc_consts,
         **dict(zip(("stride_du_b", "stride_du_d", "stride_du_l"), contiguous_strides(u.shape))),
         **dict(zip(("stride_ddelta_b", "stride_ddelta_d", "stride_ddelta_l"),
                    contiguous_strides(delta.shape))),
@@ -1001,13 +1070,21 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         SEG=block_t, BLOCK_D=block_d, BLOCK_T=tile, NG=group, MULTI_GROUP=main_groups > 1,
         HAS_Z=z is not None, WARP_SUMS=block_d == 32 * num_warps, num_warps=num_warps, **consts,
         **({"maxnreg": maxnreg} if maxnreg else {}))
-    rows = batch * n_ranges
-    return BackwardPlan(
-        aggregates, main, (batch, dim, n_gtiles, dstate), (batch, n_gtiles, dim),
-        (batch, n_ranges, dim, dstate), (batch, n_ranges, dim), (rows, dim, dstate),
-        (batch, n_dblocks, dstate, nvisit) if layout.B_variable else (rows, dim, dstate),
-        (batch, n_dblocks, dstate, nvisit) if layout.C_variable else (rows, dim, dstate),
-        (rows, 3, dim), batch * n_dblocks * n_ranges * per_program)
+    bc_width = dstate * nvisit
+    bc_blocks = triton.cdiv(bc_width, SUMS_BLOCK)
+    start_B = triton.cdiv(sums_width, SUMS_BLOCK)
+    start_C = start_B + (batch * layout.B_groups * bc_blocks if layout.B_variable else 0)
+    end = start_C + (batch * layout.C_groups * bc_blocks if layout.C_variable else 0)
+    sums = LaunchPlan(
+        bwd_sums_kernel, (end,), SUMS_DYNAMIC_ARGS, device, off_sums=off_sums, rows=rows,
+        sums_width=sums_width, sums_row=sums_row, off_dB=off_dB, off_dC=off_dC,
+        parts_B=n_dblocks // layout.B_groups, parts_C=n_dblocks // layout.C_groups,
+        bc_width=bc_width, bc_blocks=bc_blocks, start_B=start_B, start_C=start_C,
+        BLOCK=SUMS_BLOCK, num_warps=4)
+
+    return BackwardPlan(aggregates, main, sums, work_size, sums_width,
+                        (*B.shape[:-1], nvisit) if layout.B_variable else None,
+                        (*C.shape[:-1], nvisit) if layout.C_variable else None)
 
 
 def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, *,
@@ -1051,19 +1128,14 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     dh0 = A.new_empty(h0.shape) if h0 is not None else None
     absent = [A if x is None else x for x in (opts.delta_bias, delta_scale, a_scale,
                                              opts.delta_threshold, keep_idx)]
-
-    # Scratch in one buffer, the per-program partial sums in another (the gradients of B and C
-    # may be views of it). The kernels write every element they later read: no zero fill.
-    gcarry, seg_decay, range_agg, range_hend, range_decay, scratch = carve(A, (
-        plan.gcarry_shape, plan.seg_decay_shape, plan.range_agg_shape, plan.range_agg_shape,
-        plan.range_decay_shape, (plan.scratch_size,)))
-    dA, dB, dC, dchan = carve(A, (plan.dA_shape, plan.dB_shape, plan.dC_shape, plan.dchan_shape))
+    # Everything the kernels pass on in one workspace; they write every element they later
+    # read: no zero fill.
+    work = A.new_empty(plan.work_size)
 
     # 1. Every range's aggregates, and the gradient entering every segment from the rest of its
     # range.
     plan.aggregates(u, delta, A, main_B, main_C, A if z is None else z, *absent, dout,
-                    A if dlast is None else dlast, gcarry, seg_decay, range_agg, range_hend,
-                    range_decay, delta_mult, a_mult)
+                    A if dlast is None else dlast, work, delta_mult, a_mult)
 
     # 2. Everything else. With keep_idx only the kept positions of du, ddelta and dz are
     # written; the rest of the gradient is zero.
@@ -1071,13 +1143,26 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     du, ddelta = (grad_like(x, memory_format=torch.contiguous_format) for x in (u, delta))
     dz = grad_like(z, memory_format=torch.contiguous_format) if z is not None else None
     plan.main(u, delta, A, main_B, main_C, A if opts.D is None else opts.D,
-              A if z is None else z, *absent, dout, chunk_states, gcarry, seg_decay, range_agg,
-              range_hend, range_decay, scratch, du, ddelta, A if dz is None else dz,
-              A if dh0 is None else dh0, dA, dB, dC, dchan, delta_mult, a_mult)
+              A if z is None else z, *absent, dout, chunk_states, work, du, ddelta,
+              A if dz is None else dz, A if dh0 is None else dh0, delta_mult, a_mult)
 
-    # Sums over the programs, in a fixed order.
-    dA_eff = dA.sum(0)
-    dchan = dchan.sum(0)
+    # 3. The sums over the programs, in a fixed order: the per-channel ones into views of one
+    # buffer, the variable dB and dC in their dtypes.
+    sums = A.new_empty(plan.sums_width)
+    dB = B.new_empty(plan.dB_shape) if plan.dB_shape else None
+    dC = C.new_empty(plan.dC_shape) if plan.dC_shape else None
+    plan.sums(work, sums, sums if dB is None else dB, sums if dC is None else dC)
+
+    dim, dstate = A.shape
+    size = dim * dstate
+    dA_eff = sums.as_strided((dim, dstate), (dstate, 1))
+    dB = (sums.as_strided((dim, dstate), (dstate, 1), size) if dB is None
+          else _scattered(dB, B, keep_idx))
+    dC = (sums.as_strided((dim, dstate), (dstate, 1), (1 + (plan.dB_shape is None)) * size)
+          if dC is None else _scattered(dC, C, keep_idx))
+    chan = plan.sums_width - 3 * dim  # where dD, ddelta_bias and ddelta_scale start
+    dD, dbias, dscale = (sums.as_strided((dim,), (1,), chan + k * dim) if x is not None else None
+                         for k, x in enumerate((opts.D, opts.delta_bias, delta_scale)))
     grad_A = dA_eff  # ∂L/∂A = ∂L/∂A_eff · a_scale
     if a_scale is not None:
         grad_A = dA_eff * a_scale
@@ -1086,9 +1171,15 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     grad_a_scale = None
     if torch.is_tensor(opts.a_scale):
         grad_a_scale = (dA_eff * A).sum(1) if opts.a_scale.dim() == 1 else dA_eff * A
-    return (du, ddelta, grad_A,
-            _bc_grad(dB, B, layout.B_variable, layout.B_groups, keep_idx),
-            _bc_grad(dC, C, layout.C_variable, layout.C_groups, keep_idx),
-            dchan[0] if opts.D is not None else None, dz,
-            dchan[1] if opts.delta_bias is not None else None, dh0,
-            dchan[2] if delta_scale is not None else None, grad_a_scale)
+    return du, ddelta, grad_A, dB, dC, dD, dz, dbias, dh0, dscale, grad_a_scale
+
+
+def _scattered(grad, M, keep_idx):
+    """A variable B's or C's gradient at the kept positions as M's full-length gradient (zero
+    elsewhere); grad itself without keep_idx."""
+    if keep_idx is None:
+        return grad
+    batch, nvisit = keep_idx.shape
+    idx = keep_idx.clamp(0, M.shape[-1] - 1)
+    idx = idx.view(batch, *(1,) * (M.dim() - 2), nvisit).expand(*grad.shape)
+    return torch.zeros_like(M, memory_format=torch.contiguous_format).scatter_(-1, idx, grad)

@@ -36,6 +36,11 @@ def _zero_dout(dout, u, opts):
     return u.new_zeros((*u.shape[:2], opts.visited or u.shape[2]))
 
 
+# Where the backward launcher's gradients (GRAD_INPUTS) go among SelectiveScanFunction's inputs.
+_FUNCTION_INPUTS = ("u", "delta", "A", "B", "C", "layout", "plan_key", *ScanOptions._fields)
+_GRAD_SLOTS = tuple(_FUNCTION_INPUTS.index(k) for k in GRAD_INPUTS)
+
+
 class SelectiveScanFunction(torch.autograd.Function):
     """The scan's autograd in eager mode: the launchers called directly (a custom op's dispatch
     costs several times more host time per call)."""
@@ -57,10 +62,11 @@ class SelectiveScanFunction(torch.autograd.Function):
         # The forward's key fixes everything of the backward's plan but the output gradients.
         plan_key = None if ctx.plan_key is None else (ctx.plan_key,
                                                       launch_signature(dout, dlast))
-        grads = dict(zip(GRAD_INPUTS, selective_scan_bwd(
-            dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, plan_key=plan_key)))
-        return (*(grads[k] for k in ("u", "delta", "A", "B", "C")), None, None,
-                *(grads.get(k) for k in ScanOptions._fields))
+        grads = [None] * len(_FUNCTION_INPUTS)
+        for slot, grad in zip(_GRAD_SLOTS, selective_scan_bwd(
+                dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, plan_key=plan_key)):
+            grads[slot] = grad
+        return tuple(grads)
 
 
 # The scan as two torch custom ops, so that torch.compile sees it as one opaque node (no graph

@@ -1,8 +1,6 @@
 """Host-side helpers of the kernel launchers: scales as kernel arguments, strides of optional
 tensors, and launch plans that skip Triton's per-call launch work."""
 
-import math
-
 import torch
 import triton
 
@@ -41,20 +39,6 @@ def split_scale(scale):
 def join_scale(tensor, number):
     """The inverse of split_scale."""
     return tensor if tensor is not None else number
-
-
-def carve(like, shapes):
-    """Contiguous uninitialized tensors of the given shapes, with like's dtype and device, as
-    views of one new buffer (one allocation instead of one per tensor; each view starts 16
-    bytes aligned)."""
-    align = max(1, 16 // like.element_size())
-    offsets, total = [], 0
-    for shape in shapes:
-        offsets.append(total)
-        total += -(-math.prod(shape) // align) * align
-    buffer = like.new_empty(total)
-    return [buffer.as_strided(shape, contiguous_strides(shape), offset)
-            for shape, offset in zip(shapes, offsets)]
 
 
 def contiguous_strides(shape):
