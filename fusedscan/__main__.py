@@ -10,24 +10,45 @@ fusedscan is imported).
 import argparse
 import os
 import sys
+import textwrap
 import time
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Columns of the printed report.
+WIDTH = 100
+
+
+def _positive(text):
+    """An argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _parse(argv):
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(prog="python -m fusedscan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--dim", type=int, default=256 if gpu else 8)
-    p.add_argument("--seqlen", type=int, default=4099 if gpu else 67)
-    p.add_argument("--dstate", type=int, default=16 if gpu else 4)
-    p.add_argument("--dtype", choices=sorted(DTYPES), nargs="+", default=["float32", "bfloat16"])
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--batch", type=_positive, default=2, help="batch rows")
+    p.add_argument("--dim", type=_positive, default=256 if gpu else 8,
+                   help="channels (the default is smaller on the CPU)")
+    p.add_argument("--seqlen", type=_positive, default=4099 if gpu else 67,
+                   help="positions L (the default is smaller on the CPU)")
+    p.add_argument("--dstate", type=_positive, default=16 if gpu else 4,
+                   help="states N per channel, at most 256 (the default is smaller on the CPU)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), nargs="+", default=["float32", "bfloat16"],
+                   help="dtypes of u, delta, z, B and C to run")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    args = p.parse_args(argv)
+    if args.dstate > 256:
+        p.error(f"argument --dstate: at most 256, got {args.dstate}")
+    return args
 
 
 def _cases(dim, dstate, L, batch, device):
@@ -85,6 +106,15 @@ def _rel(x, ref):
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
+def state_error(state, ref_state, ref_peak):
+    """‖state − ref_state‖ / ‖ref_peak‖, ref_peak the largest magnitude each element of the
+    reference's state reached (selective_scan_ref's return_state_peak): a float32 scan's
+    rounding error in the last state scales with the terms that summed to it, and where the
+    state ends near zero after larger values, relative to the last state alone a correct
+    kernel would read as wrong."""
+    return ((state.double() - ref_state).norm() / ref_peak.norm().clamp_min(1e-30)).item()
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = _parse(argv)
@@ -99,12 +129,20 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     b, d, L, n = args.batch, args.dim, args.seqlen, args.dstate
     where = torch.cuda.get_device_name() if gpu else "CPU (Triton interpreter)"
-    print(f"fusedscan on {where}; torch {torch.__version__}; batch={b} dim={d} L={L} N={n}; "
-          "delta_softplus, D, z, delta_bias on; error = ‖x − ref‖/‖ref‖ against the float64 "
-          "reference on the same rounded inputs; 'worst grad' is the gradient with the largest "
-          "error relative to its tolerance")
-    header = (f"{'dtype':<9} {'case':<24} {'out err':>9} {'state err':>9} {'worst grad':>18} "
-              f"{'fwd ms':>8} {'fwd+bwd ms':>10} {'ref fwd ms':>10}")
+    print(textwrap.fill(
+        f"fusedscan on {where}; torch {torch.__version__}; batch={b} dim={d} L={L} N={n}; "
+        "delta_softplus, D, z, delta_bias on. Errors against the float64 reference on the same "
+        "rounded inputs: ‖x − ref‖/‖ref‖, for the last state ‖h − ref‖/‖peak‖ with peak the "
+        "largest |h| the reference's state reached; 'worst grad' is the gradient with the "
+        "largest error relative to its tolerance. " + (
+            "Times: median ms of a call, calls back to back (triton.testing.do_bench); "
+            "'ref ms' one call of the float64 reference's forward."
+            if gpu else "Times: ms of one call in Triton's interpreter, which runs the kernels "
+            "in numpy on the CPU: not their speed; 'ref ms' one call of the float64 reference's "
+            "forward."), WIDTH))
+    # 'worst grad' holds the longest gradient name, initial_state, and its error: 22 columns.
+    header = (f"{'dtype':<8} {'case':<22} {'out err':>7} {'state err':>9} {'worst grad':>22} "
+              f"{'fwd ms':>8} {'fwd+bwd ms':>10} {'ref ms':>7}")
     print(header)
     print("-" * len(header))
     worst = 0.0
@@ -121,14 +159,15 @@ def main(argv=None):
             ms = _time(lambda: selective_scan_ext(*pos, **kw), gpu)
             ms_bwd = _time(lambda: _grads(selective_scan_ext, pos, kw, g_out, g_state), gpu)
             start = time.perf_counter()
-            ref_out, ref_state = selective_scan_ref(*map(_double, pos),
-                                                    **{k: _double(v) for k, v in kw.items()})
+            ref_out, ref_state, ref_peak = selective_scan_ref(
+                *map(_double, pos), **{k: _double(v) for k, v in kw.items()},
+                return_state_peak=True)
             if gpu:
                 torch.cuda.synchronize()
             ref_ms = (time.perf_counter() - start) * 1e3
             ref_grads = _grads(selective_scan_ref, map(_double, pos),
                                {k: _double(v) for k, v in kw.items()}, g_out, g_state)
-            err, serr = _rel(out, ref_out), _rel(state, ref_state)
+            err, serr = _rel(out, ref_out), state_error(state, ref_state, ref_peak)
             worst = max(worst, err / forward_tolerance(dtype), serr / forward_tolerance(dtype))
             ratios = {}
             for g, x in grads.items():
@@ -138,20 +177,20 @@ def main(argv=None):
                 ratios[g] = e / grad_tolerance(g, dtype)
             g_name = max(ratios, key=ratios.get)
             worst = max(worst, ratios[g_name])
-            print(f"{name:<9} {case:<24} {err:>9.2e} {serr:>9.2e} "
-                  f"{g_name + ' ' + format(ratios[g_name] * grad_tolerance(g_name, dtype), '.2e'):>18} "
-                  f"{ms:>8.3f} {ms_bwd:>10.3f} {ref_ms:>10.1f}")
+            worst_grad = f"{g_name} {ratios[g_name] * grad_tolerance(g_name, dtype):.2e}"
+            print(f"{name:<8} {case:<22} {err:>7.1e} {serr:>9.1e} {worst_grad:>22} "
+                  f"{ms:>8.3f} {ms_bwd:>10.3f} {ref_ms:>7.1f}")
     print("\nlargest gradient error over the cases (tolerance in brackets)")
-    grad_names = list(dict.fromkeys(g for _, g in grad_worst))
-    print(f"{'dtype':<9} " + " ".join(f"{g:>13}" for g in grad_names))
-    for name in args.dtype:
+    print(f"{'gradient':<14} " + " ".join(f"{name:>16}" for name in args.dtype))
+    for g in dict.fromkeys(g for _, g in grad_worst):
         cells = [f"{grad_worst[(name, g)]:.1e} [{grad_tolerance(g, DTYPES[name]):.0e}]"
-                 if (name, g) in grad_worst else "-" for g in grad_names]
-        print(f"{name:<9} " + " ".join(f"{c:>13}" for c in cells))
+                 if (name, g) in grad_worst else "-" for name in args.dtype]
+        print(f"{g:<14} " + " ".join(f"{c:>16}" for c in cells))
     ok = worst <= 1.0
-    print(f"{'PASS' if ok else 'FAIL'}: largest error is {worst:.3f} of its tolerance "
-          "(forward 1e-5 float32, 1e-2 bfloat16/float16; gradients 1e-4 float32, and 2e-2 du, "
-          "5e-2 ddelta, 1e-2 the rest in bfloat16/float16)")
+    print(textwrap.fill(
+        f"{'PASS' if ok else 'FAIL'}: largest error is {worst:.3f} of its tolerance (forward "
+        "1e-5 float32, 1e-2 bfloat16/float16; gradients 1e-4 float32, and 2e-2 du, 5e-2 "
+        "ddelta, 1e-2 the rest in bfloat16/float16)", WIDTH))
     return 0 if ok else 1
 
 

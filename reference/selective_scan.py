@@ -33,9 +33,13 @@ def delta_hat(delta, delta_bias=None, delta_softplus=False, delta_scale=None):
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, *, initial_state=None, delta_scale=None,
-                       a_scale=None, delta_threshold=None, keep_idx=None):
+                       a_scale=None, delta_threshold=None, keep_idx=None,
+                       return_state_peak=False):
     """Same arguments and semantics as ``fusedscan.selective_scan_ext``; computes in the widest
-    floating dtype among the inputs (at least float32); ``out`` has u's dtype."""
+    floating dtype among the inputs (at least float32); ``out`` has u's dtype. With
+    return_state_peak=True the result also ends with max_t |h_t| (batch, dim, N), elementwise
+    over the visited positions and the initial state: the magnitudes the state went through,
+    which set the scale of a float32 scan's rounding error in its last state."""
     dtype_out = u.dtype
     ctype = torch.promote_types(torch.float32, torch.promote_types(u.dtype, delta.dtype))
     batch, dim, L = u.shape
@@ -71,6 +75,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         h = initial_state.to(ctype).clone()
     else:
         h = torch.zeros(batch, dim, A.shape[1], dtype=ctype, device=u.device)
+    peak = h.detach().abs()
     ys = []
     # unbind, not indexing per step: autograd then stacks the per-step gradients once instead of
     # building a full-size gradient tensor for every step.
@@ -78,10 +83,15 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
         dt_t = dt_t[:, :, None]
         h = torch.exp(dt_t * A_eff) * h + (dt_t * u_t[:, :, None]) * B_t
         ys.append((h * C_t).sum(-1))
+        if return_state_peak:
+            peak = torch.maximum(peak, h.detach().abs())
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.to(ctype)[None, :, None] * u
     if z is not None:
         y = y * F.silu(z)
     out = y.to(dtype_out)
-    return (out, h) if return_last_state else out
+    result = (out, h) if return_last_state else (out,)
+    if return_state_peak:
+        result += (peak,)
+    return result if len(result) > 1 else out
