@@ -668,7 +668,7 @@ def bwd_main_kernel(
     # This program's row of the partial sums over positions: dA (dim, N), dB and dC (dim, N)
     # when fixed (at off_dB, off_dC in the row), dD, ddelta_bias, ddelta_scale (dim each).
     sums_at = work_ptr + off_sums + (b * n_ranges + r).to(tl.int64) * sums_row
-    NSUMS: tl.constexpr = 3 - B_VARIABLE - C_VARIABLE
+    NSUMS: tl.constexpr = 3 - B_VARIABLE - C_VARIABLE  # (dim, N) sums before dD's
     dA_rows = sums_at + rows64 * dstate
     stride_dBC_n = nvisit
     dBC_base = (b * n_dblocks + pid % n_dblocks) * dstate * nvisit
@@ -943,6 +943,9 @@ class BackwardPlan(NamedTuple):
     sums: LaunchPlan
     work_size: int
     sums_width: int
+    # Where the sums kernel's per-channel output holds dA (dim, N), dB and dC (dim, N) when
+    # fixed (else None), dD, ddelta_bias and ddelta_scale (dim each).
+    sums_at: tuple
     dB_shape: tuple  # the sums kernel's dB: B's shape with K positions, or None when fixed
     dC_shape: tuple
 
@@ -1009,8 +1012,12 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     # per (batch row, range) (dA, fixed dB and dC, then dD, ddelta_bias, ddelta_scale), and the
     # variable dB and dC per channel block.
     rows = batch * n_ranges
-    n_fixed = (not layout.B_variable) + (not layout.C_variable)
-    sums_width = (1 + n_fixed) * dim * dstate + 3 * dim
+    size = dim * dstate
+    fixed_dB = None if layout.B_variable else size
+    fixed_dC = None if layout.C_variable else size + (fixed_dB or 0)
+    chan = size * (1 + (fixed_dB is not None) + (fixed_dC is not None))  # bwd_main_kernel's NSUMS
+    sums_at = (0, fixed_dB, fixed_dC, chan, chan + dim, chan + 2 * dim)
+    sums_width = chan + 3 * dim
     sums_row = -(-sums_width // 16) * 16
     bc_size = batch * n_dblocks * dstate * nvisit
     (off_gcarry, off_seg_decay, off_range_agg, off_range_hend, off_range_decay, off_scratch,
@@ -1020,8 +1027,8 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         rows * sums_row, bc_size if layout.B_variable else 0,
         bc_size if layout.C_variable else 0)
     # dB and dC: variable ones at their regions, fixed ones within a row of sums.
-    off_dB = off_var_B if layout.B_variable else dim * dstate
-    off_dC = off_var_C if layout.C_variable else (1 + (not layout.B_variable)) * dim * dstate
+    off_dB = off_var_B if layout.B_variable else fixed_dB
+    off_dC = off_var_C if layout.C_variable else fixed_dC
     aggregate_offsets = dict(off_gcarry=off_gcarry, off_seg_decay=off_seg_decay,
                              off_range_agg=off_range_agg, off_range_hend=off_range_hend,
                              off_range_decay=off_range_decay)
@@ -1082,7 +1089,7 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         bc_width=bc_width, bc_blocks=bc_blocks, start_B=start_B, start_C=start_C,
         BLOCK=SUMS_BLOCK, num_warps=4)
 
-    return BackwardPlan(aggregates, main, sums, work_size, sums_width,
+    return BackwardPlan(aggregates, main, sums, work_size, sums_width, sums_at,
                         (*B.shape[:-1], nvisit) if layout.B_variable else None,
                         (*C.shape[:-1], nvisit) if layout.C_variable else None)
 
@@ -1154,15 +1161,14 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     plan.sums(work, sums, sums if dB is None else dB, sums if dC is None else dC)
 
     dim, dstate = A.shape
-    size = dim * dstate
+    _, fixed_dB, fixed_dC, *chan = plan.sums_at
     dA_eff = sums.as_strided((dim, dstate), (dstate, 1))
-    dB = (sums.as_strided((dim, dstate), (dstate, 1), size) if dB is None
+    dB = (sums.as_strided((dim, dstate), (dstate, 1), fixed_dB) if dB is None
           else _scattered(dB, B, keep_idx))
-    dC = (sums.as_strided((dim, dstate), (dstate, 1), (1 + (plan.dB_shape is None)) * size)
-          if dC is None else _scattered(dC, C, keep_idx))
-    chan = plan.sums_width - 3 * dim  # where dD, ddelta_bias and ddelta_scale start
-    dD, dbias, dscale = (sums.as_strided((dim,), (1,), chan + k * dim) if x is not None else None
-                         for k, x in enumerate((opts.D, opts.delta_bias, delta_scale)))
+    dC = (sums.as_strided((dim, dstate), (dstate, 1), fixed_dC) if dC is None
+          else _scattered(dC, C, keep_idx))
+    dD, dbias, dscale = (sums.as_strided((dim,), (1,), at) if x is not None else None
+                         for at, x in zip(chan, (opts.D, opts.delta_bias, delta_scale)))
     grad_A = dA_eff  # ∂L/∂A = ∂L/∂A_eff · a_scale
     if a_scale is not None:
         grad_A = dA_eff * a_scale
