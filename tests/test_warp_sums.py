@@ -11,7 +11,6 @@ import triton.language as tl
 
 from fusedscan.utils.warp_sums import lane_labels, warp_sums, warps_total
 from tests.conftest import DEVICE
-from tests.helpers import rel_err
 
 
 @triton.jit
@@ -52,4 +51,7 @@ def test_warp_sums(K, staged, T, warps):
     _sums_kernel[(1,)](x, out, K=K, ROWS=rows, T=T, STAGED=staged, num_warps=warps)
     ref = x[..., :T].double().sum(1).flatten()
     assert not out.isnan().any(), "a sum was not written"
-    assert rel_err(out, ref) < 1e-6
+    # A float32 sum of `rows` terms in another order: its error is bounded by the sum of the
+    # terms' magnitudes (a sum that cancels to near zero has a large error relative to itself).
+    magnitude = x[..., :T].double().abs().sum(1).flatten()
+    assert ((out.double() - ref).abs() <= 1e-6 * magnitude).all(), (out, ref)

@@ -641,9 +641,10 @@ def forward_plan(u, delta, A, B, C, opts, layout, tuning):
     static["LOOP_STAGES"], static["LOOP_UNROLL"] = one_tile_loop(
         max(u.element_size(), delta.element_size()), num_warps) if one_tile else (1, 1)
     device = u.get_device()
+    absent = A.new_empty(1)
     launches = tuple(
         LaunchPlan(selective_scan_fwd_kernel, (batch * n_dblocks, n), FWD_DYNAMIC_ARGS, device,
-                   **static, STATE_ONLY=state_only)
+                   absent, **static, STATE_ONLY=state_only)
         for state_only, n in ((True, segs - 1), (False, segs)) if n > 0)
     return ForwardPlan(launches, nvisit, triton.cdiv(nvisit, chunk_size), scratch_size)
 
@@ -654,10 +655,10 @@ def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size
     """Launches the forward kernels on checked inputs (opts: ScanOptions, layout: BCLayout;
     the other keywords force a launch configuration). The launch configuration is worked out
     once per signature of the inputs (shapes, strides, dtypes, alignment, options) and kept.
-    plan_key: a launch_signature already taken of the arguments these inputs were made from
-    (selective_scan_ext's checks take one), saving a second; it must determine the inputs'
-    own signature (the contiguous copies of the channel vectors and the gathered B and C are
-    fresh allocations, so it does).
+    plan_key: a key of the plan already found for the arguments these inputs were made from
+    (the PlanKey of selective_scan_ext's checks), saving the launcher a launch_signature of its
+    own; it must determine the inputs' own signature (the contiguous copies of the channel
+    vectors and the gathered B and C are fresh allocations, so it does).
 
     Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N) and chunk_states
     (batch, dim, ⌈K/chunk_size⌉, N), the state entering every chunk; states have A's dtype
@@ -684,13 +685,13 @@ def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size
     out = u.new_empty((batch, dim, plan.nvisit))
     last_state = A.new_empty((batch, dim, dstate))
     chunk_states = A.new_empty((batch, dim, plan.n_chunks, dstate))
-    scratch = A.new_empty(plan.scratch_size) if plan.scratch_size else last_state
+    scratch = A.new_empty(plan.scratch_size) if plan.scratch_size else None
     delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim,
                                                              dstate)
-    # Absent inputs are never read (their flag is off); A stands in with their dtype.
-    args = (u, delta, A, B, C, *(A if x is None else x for x in (
-        opts.D, opts.z, opts.delta_bias, delta_scale, a_scale, opts.delta_threshold, keep_idx,
-        opts.initial_state)), out, last_state, chunk_states, scratch, delta_mult, a_mult)
+    # Absent inputs (None) are never read: their flags are off.
+    args = (u, delta, A, B, C, opts.D, opts.z, opts.delta_bias, delta_scale, a_scale,
+            opts.delta_threshold, keep_idx, opts.initial_state, out, last_state, chunk_states,
+            scratch, delta_mult, a_mult)
     for launch in plan.launches:
         launch(*args)
     return out, last_state, chunk_states

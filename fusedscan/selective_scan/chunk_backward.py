@@ -1007,6 +1007,7 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     flags = option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
                          opts.delta_threshold, h0, dlast)
     device = u.get_device()
+    absent = A.new_empty(1)
 
     # The workspace: the range aggregates, the main kernel's scratch, a row of partial sums
     # per (batch row, range) (dA, fixed dB and dC, then dD, ddelta_bias, ddelta_scale), and the
@@ -1056,15 +1057,16 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     agg_maxnreg = aggregates_maxnreg(batch * agg_dblocks * n_ranges, u.device)
     aggregates = LaunchPlan(
         bwd_range_aggregates_kernel, (batch * agg_dblocks, n_ranges), AGGREGATES_DYNAMIC_ARGS,
-        device, n_dblocks=agg_dblocks, n_gtiles=n_gtiles, n_ranges=n_ranges, range_len=range_len,
-        n_groups=n_groups, **common, **u_strides, **z_strides, **dout_strides, **bc_consts,
+        device, absent, n_dblocks=agg_dblocks, n_gtiles=n_gtiles, n_ranges=n_ranges,
+        range_len=range_len, n_groups=n_groups, **common, **u_strides, **z_strides,
+        **dout_strides, **bc_consts,
         **dict(zip(("stride_dlast_b", "stride_dlast_d", "stride_dlast_n"), strides(dlast, 3))),
         SEG=block_t, BLOCK_D=agg_block_d, BLOCK_T=tile, NG=agg_group, HAS_Z=z is not None,
         num_warps=AGGREGATE_WARPS, **consts,
         **({"maxnreg": agg_maxnreg} if agg_maxnreg else {}))
     # du, ddelta and dz are allocated contiguous, like their inputs' shapes.
     main = LaunchPlan(
-        bwd_main_kernel, (batch * n_dblocks, n_ranges), MAIN_DYNAMIC_ARGS, device,
+        bwd_main_kernel, (batch * n_dblocks, n_ranges), MAIN_DYNAMIC_ARGS, device, absent,
         n_dblocks=n_dblocks, n_ranges=n_ranges, chunk_ranges=chunk_size // range_len,
         range_len=range_len, n_gtiles=n_gtiles, n_groups=main_groups, per_program=per_program,
         off_scratch=off_scratch, off_sums=off_sums, sums_row=sums_row, off_dB=off_dB,
@@ -1083,8 +1085,8 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     start_C = start_B + (batch * layout.B_groups * bc_blocks if layout.B_variable else 0)
     end = start_C + (batch * layout.C_groups * bc_blocks if layout.C_variable else 0)
     sums = LaunchPlan(
-        bwd_sums_kernel, (end,), SUMS_DYNAMIC_ARGS, device, off_sums=off_sums, rows=rows,
-        sums_width=sums_width, sums_row=sums_row, off_dB=off_dB, off_dC=off_dC,
+        bwd_sums_kernel, (end,), SUMS_DYNAMIC_ARGS, device, absent, off_sums=off_sums,
+        rows=rows, sums_width=sums_width, sums_row=sums_row, off_dB=off_dB, off_dC=off_dC,
         parts_B=n_dblocks // layout.B_groups, parts_C=n_dblocks // layout.C_groups,
         bc_width=bc_width, bc_blocks=bc_blocks, start_B=start_B, start_C=start_C,
         BLOCK=SUMS_BLOCK, num_warps=4)
@@ -1133,32 +1135,31 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale,
                                                              *A.shape)
     dh0 = A.new_empty(h0.shape) if h0 is not None else None
-    absent = [A if x is None else x for x in (opts.delta_bias, delta_scale, a_scale,
-                                             opts.delta_threshold, keep_idx)]
+    # Absent inputs (None) are never read: their flags are off.
+    optional = (opts.delta_bias, delta_scale, a_scale, opts.delta_threshold, keep_idx)
     # Everything the kernels pass on in one workspace; they write every element they later
     # read: no zero fill.
     work = A.new_empty(plan.work_size)
 
     # 1. Every range's aggregates, and the gradient entering every segment from the rest of its
     # range.
-    plan.aggregates(u, delta, A, main_B, main_C, A if z is None else z, *absent, dout,
-                    A if dlast is None else dlast, work, delta_mult, a_mult)
+    plan.aggregates(u, delta, A, main_B, main_C, z, *optional, dout, dlast, work, delta_mult,
+                    a_mult)
 
     # 2. Everything else. With keep_idx only the kept positions of du, ddelta and dz are
     # written; the rest of the gradient is zero.
     grad_like = torch.zeros_like if keep_idx is not None else torch.empty_like
     du, ddelta = (grad_like(x, memory_format=torch.contiguous_format) for x in (u, delta))
     dz = grad_like(z, memory_format=torch.contiguous_format) if z is not None else None
-    plan.main(u, delta, A, main_B, main_C, A if opts.D is None else opts.D,
-              A if z is None else z, *absent, dout, chunk_states, work, du, ddelta,
-              A if dz is None else dz, A if dh0 is None else dh0, delta_mult, a_mult)
+    plan.main(u, delta, A, main_B, main_C, opts.D, z, *optional, dout, chunk_states, work, du,
+              ddelta, dz, dh0, delta_mult, a_mult)
 
     # 3. The sums over the programs, in a fixed order: the per-channel ones into views of one
     # buffer, the variable dB and dC in their dtypes.
     sums = A.new_empty(plan.sums_width)
     dB = B.new_empty(plan.dB_shape) if plan.dB_shape else None
     dC = C.new_empty(plan.dC_shape) if plan.dC_shape else None
-    plan.sums(work, sums, sums if dB is None else dB, sums if dC is None else dC)
+    plan.sums(work, sums, dB, dC)
 
     dim, dstate = A.shape
     _, fixed_dB, fixed_dC, *chan = plan.sums_at

@@ -17,15 +17,15 @@ from fusedscan.utils.launch import channel_vectors, launch_signature
 def _save(ctx, u, delta, A, B, C, opts, layout, chunk_states):
     """Keeps what the backward pass needs: tensors through save_for_backward, the rest on ctx."""
     ctx.save_for_backward(u, delta, A, B, C, chunk_states,
-                          *(v if torch.is_tensor(v) else None for v in opts))
-    ctx.scan_options = tuple(None if torch.is_tensor(v) else v for v in opts)
+                          *[v if isinstance(v, Tensor) else None for v in opts])
+    ctx.scan_options = [None if isinstance(v, Tensor) else v for v in opts]
     ctx.layout = layout
 
 
 def _saved(ctx):
     """(u, delta, A, B, C, opts, layout, chunk_states) as _save kept them."""
     u, delta, A, B, C, chunk_states, *tensors = ctx.saved_tensors
-    opts = ScanOptions(*(t if t is not None else v for t, v in zip(tensors, ctx.scan_options)))
+    opts = ScanOptions(*[t if t is not None else v for t, v in zip(tensors, ctx.scan_options)])
     return u, delta, A, B, C, opts, ctx.layout, chunk_states
 
 
@@ -155,8 +155,8 @@ selective_scan_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_co
 def scan(u, delta, A, B, C, opts, layout, return_last_state=False, plan_key=None):
     """The launch on checked inputs, by the cheapest path that gives autograd what it needs:
     the custom op while torch.compile traces, the autograd.Function when a gradient is wanted,
-    else the launcher alone. plan_key: the launch_signature that check_inputs took of the
-    public call's arguments (it fixes everything the launch plan depends on), or None."""
+    else the launcher alone. plan_key: the PlanKey that check_inputs returned for the public
+    call's arguments (their signature fixes everything the launch plans depend on), or None."""
     if torch.compiler.is_compiling():
         out, last_state, _ = selective_scan_fwd_op(u, delta, A, B, C, *op_args(opts, layout))
     elif torch.is_grad_enabled() and any(
@@ -218,7 +218,7 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Under torch.compile the kernels run as the torch custom ops fusedscan::selective_scan_fwd /
     _bwd, traced without a graph break (check_keep_idx=True breaks the graph).
     """
-    layout, signature = check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+    layout, plan_key = check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                      return_last_state, initial_state, delta_scale, a_scale,
                                      delta_threshold, keep_idx)
     if not isinstance(check_keep_idx, bool):
@@ -229,7 +229,7 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                                                                   delta_threshold)
     opts = ScanOptions(D, z, delta_bias, delta_softplus, initial_state, delta_scale, a_scale,
                        delta_threshold, keep_idx)
-    return scan(u, delta, A, B, C, opts, layout, return_last_state, signature)
+    return scan(u, delta, A, B, C, opts, layout, return_last_state, plan_key)
 
 
 __all__ = ["BCLayout", "ScanOptions", "scan", "selective_scan_ext"]

@@ -8,7 +8,7 @@ from fusedscan.utils.checks import (
     param_dtypes, state_size_note,
 )
 from fusedscan.utils.device import check_devices
-from fusedscan.utils.launch import SignatureCache, launch_signature
+from fusedscan.utils.launch import PlanKey, SignatureCache, launch_signature
 
 MAX_DSTATE = 256
 
@@ -39,6 +39,7 @@ def _check_bc(name, M, batch, dim, dstate, L, params, activations):
                      f"got {M.dim()}-D with shape {tuple(M.shape)}")
 
 
+# (BCLayout, PlanKey) by the arguments' launch_signature.
 _CHECKED = SignatureCache()
 
 
@@ -46,17 +47,17 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_las
                  initial_state, delta_scale, a_scale, delta_threshold, keep_idx):
     """Raises TypeError / ValueError / NotImplementedError naming the offending argument; reads
     no tensor's values (no host synchronization). Returns (the BCLayout of B and C, the
-    arguments' launch_signature, or None while torch.compile traces).
+    PlanKey of the arguments' launch_signature, or None while torch.compile traces).
 
     The rules look only at what launch_signature records (types, dtypes, shapes, strides,
-    devices, bools), so a signature that passed once is not checked again; the launcher keys
-    its plans by the same signature."""
+    devices, bools), so a signature that passed once is not checked again; the launchers key
+    their plans by its PlanKey."""
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
             initial_state, delta_scale, a_scale, delta_threshold, keep_idx)
     if torch.compiler.is_compiling():  # traced tensors have no data pointer to sign
         return _check_inputs(*args), None
-    signature = launch_signature(*args)
-    return _CHECKED.get_or_build(signature, lambda: _check_inputs(*args)), signature
+    return _CHECKED.get_or_build(launch_signature(*args),
+                                 lambda: (_check_inputs(*args), PlanKey()))
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,

@@ -67,6 +67,14 @@ def launch_signature(*xs):
     return tuple(key)
 
 
+class PlanKey:
+    """Stands for one checked launch_signature in the launchers' plan caches, hashed and compared
+    by identity: a call hashes its whole signature once (to find its checks) and its plans by
+    this key."""
+
+    __slots__ = ()
+
+
 class SignatureCache(dict):
     """Results (launch plans, checked layouts) by launch_signature, all dropped at once past
     `limit` entries (a model sees a few signatures; a stream of new sequence lengths must not
@@ -109,11 +117,15 @@ class LaunchPlan:
     docs/kernel-log.md). This is right only while every argument that Triton specializes on is
     the same as at the first call: the caller keys its plans by the launch_signature of every
     tensor it passes and by everything the fixed arguments were computed from. Under Triton's
-    interpreter, or with a launch hook installed (a profiler), every call goes through Triton."""
+    interpreter, or with a launch hook installed (a profiler), every call goes through Triton.
 
-    def __init__(self, kernel, grid, dynamic, device, **static):
+    A pointer argument may be None (an absent input the kernel never reads): the compiled
+    kernel gets a null pointer, and Triton's own path gets `absent` in its place (Triton would
+    compile None as a constant)."""
+
+    def __init__(self, kernel, grid, dynamic, device, absent, **static):
         names = kernel.arg_names
-        self.kernel, self.names, self.device = kernel, names, device
+        self.kernel, self.names, self.device, self.absent = kernel, names, device, absent
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.static = tuple(static.pop(n) for n in names[dynamic:])
         self.options = static  # launch options: num_warps, maxnreg
@@ -132,4 +144,6 @@ class LaunchPlan:
 
     def launch_through_triton(self, *args):
         """The same launch by Triton's own path; returns what Triton returns."""
-        return self.kernel[self.grid](**dict(zip(self.names, args + self.static)), **self.options)
+        args = [self.absent if a is None else a for a in args]
+        return self.kernel[self.grid](**dict(zip(self.names, [*args, *self.static])),
+                                      **self.options)
