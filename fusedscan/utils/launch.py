@@ -76,9 +76,10 @@ class PlanKey:
 
 
 class SignatureCache(dict):
-    """Results (launch plans, checked layouts) by launch_signature, all dropped at once past
-    `limit` entries (a model sees a few signatures; a stream of new sequence lengths must not
-    grow memory without bound). A build that raises stores nothing."""
+    """Results (launch plans, checked layouts) by keys made of launch_signatures or their
+    PlanKeys, all dropped at once past `limit` entries (a model sees a few signatures; a stream
+    of new sequence lengths must not grow memory without bound). A build that raises stores
+    nothing."""
 
     def __init__(self, limit=1024):
         super().__init__()
@@ -115,9 +116,10 @@ class LaunchPlan:
     calls hand the per-call arguments straight to the compiled kernel's launcher, skipping
     Triton's per-call binding, specialization and cache lookup (tens of µs per launch:
     docs/kernel-log.md). This is right only while every argument that Triton specializes on is
-    the same as at the first call: the caller keys its plans by the launch_signature of every
-    tensor it passes and by everything the fixed arguments were computed from. Under Triton's
-    interpreter, or with a launch hook installed (a profiler), every call goes through Triton.
+    the same as at the first call: the caller keys its plans by the launch_signature (or its
+    PlanKey) of every tensor it passes and by everything the fixed arguments were computed
+    from. Under Triton's interpreter, or with a launch hook installed (a profiler), every call
+    goes through Triton.
 
     A pointer argument may be None (an absent input the kernel never reads): the compiled
     kernel gets a null pointer, and Triton's own path gets `absent` in its place (Triton would
