@@ -219,8 +219,8 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     _bwd, traced without a graph break (check_keep_idx=True breaks the graph).
     """
     layout, plan_key = check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                     return_last_state, initial_state, delta_scale, a_scale,
-                                     delta_threshold, keep_idx)
+                                    return_last_state, initial_state, delta_scale, a_scale,
+                                    delta_threshold, keep_idx)
     if not isinstance(check_keep_idx, bool):
         raise TypeError(f"check_keep_idx must be a bool, got {type(check_keep_idx).__name__}")
     if check_keep_idx and keep_idx is not None:
