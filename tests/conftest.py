@@ -1,7 +1,8 @@
 """Shared test setup: one test suite for both machines.
 
 With a CUDA GPU the kernels run natively at real sizes; without one they run on the CPU through
-Triton's interpreter (TRITON_INTERPRET=1, set here before fusedscan is imported) at small sizes.
+Triton's interpreter (TRITON_INTERPRET=1, set here before fusedscan is imported) at small sizes,
+the interpreter patched to run the same numpy code with less Python (tests/interpreter_speed.py).
 """
 
 import os
@@ -17,6 +18,11 @@ import pytest  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
+
+if not ON_GPU:
+    from tests.interpreter_speed import patch_interpreter
+
+    patch_interpreter()
 
 
 @pytest.fixture(autouse=True)

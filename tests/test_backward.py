@@ -17,7 +17,7 @@ from fusedscan.selective_scan.chunk_backward import (
 )
 from fusedscan.selective_scan.options import BCLayout
 from fusedscan.utils.launch import LaunchPlan
-from reference import grad_tolerance, selective_scan_ref
+from reference import forward_tolerance, grad_tolerance, selective_scan_ref
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import (
     BC_KINDS, DTYPES, OPTIONS, combination_case, launcher_args, make_case, misaligned,
@@ -56,7 +56,8 @@ def output_grads(out, last, seed, dtype):
 
 def gradients(fn, args, kwargs, return_last_state, use_out, seed, convert):
     """Gradients of Σ out·g_out (if use_out) + Σ last_state·g_last (if return_last_state); g_out
-    is rounded to the given inputs' dtype for the fused and the float64 run alike."""
+    is rounded to the given inputs' dtype for the fused and the float64 run alike. Returns
+    (gradients by input name, the leaves they belong to, {"out": out, "last_state": last})."""
     dtype = args[0].dtype
     args, kwargs, leaves = _leaves(args, kwargs, convert)
     result = fn(*args, return_last_state, **kwargs)
@@ -67,17 +68,23 @@ def gradients(fn, args, kwargs, return_last_state, use_out, seed, convert):
         loss = loss + (last * convert(g_last)).sum()
     # Unused inputs (D and z when only last_state is used) get zero gradients.
     grads = torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True)
-    return dict(zip(leaves, grads)), leaves
+    outputs = {"out": out, "last_state": last} if return_last_state else {"out": out}
+    return dict(zip(leaves, grads)), leaves, outputs
 
 
 def check(args, kwargs, dtype, return_last_state=True, use_out=True):
-    """Fused gradients against the float64 reference's; returns the relative errors."""
+    """Fused outputs and gradients against the float64 reference's; returns the gradients'
+    relative errors."""
     seed = int(torch.randint(0, 2**31, ()))
     with nan_filled_outputs():
-        grads, leaves = gradients(selective_scan_ext, args, kwargs, return_last_state, use_out,
-                                  seed, lambda x: x)
-    ref, _ = gradients(selective_scan_ref, args, kwargs, return_last_state, use_out, seed,
-                       to_double)
+        grads, leaves, outputs = gradients(selective_scan_ext, args, kwargs, return_last_state,
+                                           use_out, seed, lambda x: x)
+    ref, _, ref_outputs = gradients(selective_scan_ref, args, kwargs, return_last_state, use_out,
+                                    seed, to_double)
+    assert outputs["out"].dtype == args[0].dtype
+    assert not return_last_state or outputs["last_state"].dtype == torch.float32
+    output_errors = {k: rel_err(v, ref_outputs[k]) for k, v in outputs.items()}
+    assert max(output_errors.values()) <= forward_tolerance(dtype), output_errors
     errors = {}
     for name, g in grads.items():
         assert g.dtype == leaves[name].dtype and g.shape == leaves[name].shape, name
@@ -90,7 +97,9 @@ def check(args, kwargs, dtype, return_last_state=True, use_out=True):
 @pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=len(OPTIONS))),
                          ids=option_ids)
 def test_every_combination_of_options(flags):
-    """All 2^10 combinations of the options (return_last_state off: out's gradient only)."""
+    """All 2^10 combinations of the options, forward and backward: out (and last_state with
+    return_last_state; off, out's gradient only) and every gradient. The forward's own
+    combination test is this one (tests/test_selective_scan.py)."""
     args, kwargs, dtype, return_last_state = combination_case(flags, COMBINATION_SHAPE)
     check(args, kwargs, dtype, return_last_state)
 
@@ -116,7 +125,8 @@ def test_group_counts(B_groups, C_groups):
     check(args, kwargs, torch.float32)
 
 
-@pytest.mark.parametrize("dstate", [1, 5, 17, 40] + ([16, 64, 256] if ON_GPU else []))
+# The interpreter's time grows with N: 17 (two groups) stands for every N over one group there.
+@pytest.mark.parametrize("dstate", [1, 5, 17] + ([16, 40, 64, 256] if ON_GPU else []))
 def test_state_sizes(dstate):
     """N over one unrolled group of 16: the states' carries go through the scratch."""
     batch, dim, L, _ = SHAPE
@@ -161,7 +171,7 @@ def check_bwd_launch(args, kwargs, layout, **launch):
     g_out, g_last = output_grads(out, last, 7, out.dtype)
     with nan_filled_outputs():
         grads = selective_scan_bwd(g_out, g_last, *inputs, layout, chunk_states, **launch)
-    ref, _ = gradients(selective_scan_ref, args, kwargs, True, True, 7, to_double)
+    ref, *_ = gradients(selective_scan_ref, args, kwargs, True, True, 7, to_double)
     names = ARG_NAMES + ["initial_state", "delta_scale", "a_scale"]
     for name, g in zip(names, grads):
         assert (g is None) == (name not in ref), name
@@ -169,8 +179,9 @@ def check_bwd_launch(args, kwargs, layout, **launch):
             assert rel_err(g, ref[name]) <= 1e-4, name
 
 
-@pytest.mark.parametrize("range_length", [BWD_BLOCK_T, 2 * BWD_BLOCK_T, CHUNK_SIZE])
-@pytest.mark.parametrize("dstate", [3, 20])
+# (In the interpreter 2 · BWD_BLOCK_T is CHUNK_SIZE: two lengths there.)
+@pytest.mark.parametrize("range_length", sorted({BWD_BLOCK_T, 2 * BWD_BLOCK_T, CHUNK_SIZE}))
+@pytest.mark.parametrize("dstate", [3, 20 if ON_GPU else 17])
 def test_range_lengths(range_length, dstate):
     """The main backward kernel's programs cover ranges shorter than a chunk (their start
     states recomputed from the saved chunk states) or whole chunks (read directly), in
@@ -201,7 +212,8 @@ WHOLE_WARP_CASES = [(1, "variable", "variable"), (2, "variable", "fixed"),
                     (3, "grouped", "variable"), (4, "variable", "grouped")]
 
 
-# The interpreter: one warp, two of the cases (its time grows with the 32 channels).
+# The interpreter: one warp, one batch row, two of the cases (its time grows with the 32
+# channels).
 @pytest.mark.parametrize("num_warps", [1, 2, 4, 8] if ON_GPU else [1])
 @pytest.mark.parametrize("tile", [1, 4, 8, 16] if ON_GPU else [4])
 @pytest.mark.parametrize("group,B_kind,C_kind",
@@ -211,8 +223,7 @@ def test_channel_blocks_of_whole_warps(num_warps, tile, group, B_kind, C_kind):
     channels of variable dB and dC go through warp_sums (shuffles between a warp's lanes), of
     every count of states and positions per tile, for several channel blocks per B/C group and
     a partial last block. (The interpreter runs the same steps, one warp.)"""
-    batch, _, L, _ = SHAPE
-    L = L if ON_GPU else 3 * BWD_BLOCK_T + 1
+    batch, _, L, _ = SHAPE if ON_GPU else (1, None, 3 * BWD_BLOCK_T + 1, None)
     # A block must not straddle two groups of B or C: whole blocks there.
     grouped = "grouped" in (B_kind, C_kind)
     dim = 4 * 32 * num_warps if grouped else 3 * 32 * num_warps - 5
@@ -263,7 +274,7 @@ def test_threshold_stops_the_gradient_to_delta():
     thr = torch.full((dim,), float("-inf"), device=DEVICE)
     thr[::2] = 1e30  # every token of the even channels is filtered
     kwargs["delta_threshold"] = thr
-    grads, _ = gradients(selective_scan_ext, args, kwargs, True, True, 5, lambda x: x)
+    grads, *_ = gradients(selective_scan_ext, args, kwargs, True, True, 5, lambda x: x)
     assert torch.all(grads["delta"][:, ::2] == 0)
     assert torch.all(grads["delta"][:, 1::2] != 0)
 
@@ -315,7 +326,9 @@ def test_non_contiguous_inputs():
     dict(delta_softplus=False, a_scale="dim", C_kind="grouped", keep=5, delta_threshold=True),
 ], ids=["plain", "state-scales-fixedB", "keep-threshold-groupedC"])
 def test_gradcheck_float64(options):
-    """Finite differences on a tiny float64 case (the kernels compute in float64 then)."""
+    """Finite differences on a tiny float64 case (the kernels compute in float64 then). The
+    interpreter checks one random direction per input (gradcheck's fast mode): the full
+    Jacobian takes two forward passes per input element, minutes there."""
     args, kwargs = make_case(1, 4, 9, 2, **options)
     args, kwargs, leaves = _leaves(args, kwargs, to_double)
     args = [to_double(a) for a in args]
@@ -331,7 +344,7 @@ def test_gradcheck_float64(options):
                 k[name] = x
         return selective_scan_ext(*a, True, **k)
 
-    assert torch.autograd.gradcheck(fn, tuple(leaves.values()))
+    assert torch.autograd.gradcheck(fn, tuple(leaves.values()), fast_mode=not ON_GPU)
 
 
 def test_backward_is_deterministic():
@@ -339,8 +352,8 @@ def test_backward_is_deterministic():
     shape = (2, 256, 4099, 16) if ON_GPU else SHAPE
     args, kwargs = make_case(*shape, dtype=torch.bfloat16, initial_state=True,
                              a_scale="dim", delta_scale="tensor")
-    first, _ = gradients(selective_scan_ext, args, kwargs, True, True, 11, lambda x: x)
-    second, _ = gradients(selective_scan_ext, args, kwargs, True, True, 11, lambda x: x)
+    first, *_ = gradients(selective_scan_ext, args, kwargs, True, True, 11, lambda x: x)
+    second, *_ = gradients(selective_scan_ext, args, kwargs, True, True, 11, lambda x: x)
     for name in first:
         assert torch.equal(first[name], second[name]), name
 

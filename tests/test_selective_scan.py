@@ -38,12 +38,8 @@ def check(args, kwargs, dtype, return_last_state=True):
     return errors
 
 
-@pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=len(OPTIONS))),
-                         ids=option_ids)
-def test_every_combination_of_options(flags):
-    """All 2^10 combinations of the options."""
-    args, kwargs, dtype, return_last_state = combination_case(flags, SHAPE)
-    check(args, kwargs, dtype, return_last_state)
+# The 2^10 combinations of the options over several chunks: tests/test_backward.py's
+# test_every_combination_of_options checks the forward's outputs with its gradients.
 
 
 # A sequence of one chunk or less (2048 positions on a GPU, 32 in the interpreter), which the
@@ -54,7 +50,7 @@ SHORT_SHAPE = (3, 68, 1999, 16) if ON_GPU else (2, 4, 29, 3)
 @pytest.mark.parametrize("flags", list(itertools.product([False, True], repeat=len(OPTIONS))),
                          ids=option_ids)
 def test_every_combination_of_options_on_a_short_sequence(flags):
-    """All 2^10 combinations again where the launcher takes the sequence as one tile (on a
+    """All 2^10 combinations of the options where the launcher takes the sequence as one tile (on a
     GPU: one channel per program, its positions across the threads, the states in a loop)."""
     args, kwargs, dtype, return_last_state = combination_case(flags, SHORT_SHAPE)
     check(args, kwargs, dtype, return_last_state)
