@@ -168,6 +168,24 @@ def test_split_positions(segments, dstate):
     assert rel_err(out, ref_out) <= 1e-5 and rel_err(last, ref_state) <= 1e-5
 
 
+@pytest.mark.parametrize("shape,segments", [(SHORT_SHAPE, None), (SHAPE, 1), (SHAPE, 2)],
+                         ids=["one-tile", "one-segment", "two-segments"])
+def test_without_last_state_the_same_out(shape, segments):
+    """last_state=False: no last state (the kernel is told by a flag not to write it), and the
+    same out and chunk_states bit for bit, on each of the kernel's paths."""
+    batch, dim, L, dstate = shape
+    args, kwargs = make_case(batch, dim, L, dstate, initial_state=True)
+    results = {}
+    for last_state in (True, False):
+        with nan_filled_outputs():
+            results[last_state] = selective_scan_fwd(*launcher_args(args, kwargs),
+                                                     last_state=last_state,
+                                                     num_segments=segments)
+    assert results[False][1] is None and results[True][1] is not None
+    for i in (0, 2):
+        assert torch.equal(results[False][i], results[True][i]), i
+
+
 def test_chunk_states_are_the_states_entering_each_chunk():
     batch, dim, _, dstate = SHAPE
     L = 3 * CHUNK_SIZE + 5

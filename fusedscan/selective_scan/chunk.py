@@ -33,7 +33,8 @@ import triton.language as tl
 from fusedscan.selective_scan.options import BCLayout
 from fusedscan.utils.device import INTERPRETED, multiprocessor_count
 from fusedscan.utils.kernels import (
-    FLAG_INITIAL_STATE, channel_params, delta_hat, load_A, load_D, option_flags, scan_combine,
+    FLAG_INITIAL_STATE, FLAG_LAST_STATE, channel_params, delta_hat, load_A, load_D, option_flags,
+    scan_combine,
 )
 from fusedscan.utils.launch import (
     LaunchPlan, SignatureCache, kernel_scales, launch_signature, strides,
@@ -341,7 +342,7 @@ def scan_one_tile(
         h, y = scan_state(n, True, h, A_n, dt, dtu, y, col_mask, row_ok, bc_offs_B, bc_offs_C,
                           is_first, is_last, B_src, stride_B_n, C_src, stride_C_n, True,
                           B_VARIABLE, C_VARIABLE, False)
-        tl.store(last_rows + n, h, mask=row_ok)
+        tl.store(last_rows + n, h, mask=row_ok & ((flags & FLAG_LAST_STATE) != 0))
     tile_output(y, j, pos, col_ok, col_mask, row_ok, z_rows, stride_z_l, out_rows, HAS_Z)
 
 
@@ -368,13 +369,12 @@ def selective_scan_fwd_kernel(
 ):
     """Grid (batch · n_dblocks, segments). The arguments up to a_mult change from call to call
     (FWD_DYNAMIC_ARGS), the others are fixed by the inputs' shapes, strides and options.
-    out (batch, dim, nvisit) is contiguous. With
-    STATE_ONLY, writes each segment's end state from a zero start and its ΣΔ̂ to the scratch;
-    otherwise writes out, chunk_states (batch, dim, ⌈nvisit / CHUNK⌉, N) and, from the last
-    segment, last_state (batch, dim, N). The scratch holds seg_states (batch, n_segs, dim, N)
-    and seg_dsum (batch, n_segs, dim) when n_segs > 1, then, with MULTI_GROUP
-    (n_groups = ⌈N / NG⌉ > 1), the states carried between tiles (2 slots · BLOCK_D · N per
-    program). ONE_TILE (nvisit <= BLOCK_T, one segment) takes the sequence as one tile and its
+    out (batch, dim, nvisit) is contiguous. With STATE_ONLY, writes each segment's end state
+    from a zero start and its ΣΔ̂ to the scratch; otherwise writes out, chunk_states (batch,
+    dim, ⌈nvisit / CHUNK⌉, N) and, from the last segment, last_state (batch, dim, N) if flags
+    has FLAG_LAST_STATE. The scratch holds seg_states (batch, n_segs, dim, N) and seg_dsum
+    (batch, n_segs, dim) when n_segs > 1, then, with MULTI_GROUP (n_groups = ⌈N / NG⌉ > 1),
+    the states carried between tiles (2 slots · BLOCK_D · N per program). ONE_TILE (nvisit <= BLOCK_T, one segment) takes the sequence as one tile and its
     states in a loop (scan_one_tile; LOOP_STAGES, LOOP_UNROLL): any N, no scratch."""
     pid = tl.program_id(0)
     seg = tl.program_id(1)
@@ -475,7 +475,7 @@ def selective_scan_fwd_kernel(
         dst_rows = seg_states_ptr + (seg_rows + seg * dim) * dstate
     else:
         dst_rows = last_state_ptr + (b * dim + rows64) * dstate
-    if STATE_ONLY or seg == n_segs - 1:
+    if STATE_ONLY or (seg == n_segs - 1 and (flags & FLAG_LAST_STATE) != 0):
         if not MULTI_GROUP:
             store_states(dst_rows, 0, dstate, hs, row_ok, NG)
         else:
@@ -580,9 +580,10 @@ class ForwardPlan(NamedTuple):
     scratch_size: int  # 0: no scratch needed
 
 
-def forward_plan(u, delta, A, B, C, opts, layout, tuning):
+def forward_plan(u, delta, A, B, C, opts, layout, tuning, last_state=True):
     """The ForwardPlan of selective_scan_fwd for these inputs (B and C as the kernel reads
-    them) and tuning (chunk_size, block_d, block_t, num_segments, num_warps, maxnreg)."""
+    them), tuning (chunk_size, block_d, block_t, num_segments, num_warps, maxnreg) and
+    last_state (whether the kernel writes it)."""
     chunk_size, block_d, block_t, num_segments, num_warps, maxnreg = tuning
     batch, dim, L = u.shape
     dstate = A.shape[1]
@@ -620,7 +621,7 @@ def forward_plan(u, delta, A, B, C, opts, layout, tuning):
         dim_per_group_C=dim // layout.C_groups, n_dblocks=n_dblocks, n_segs=segs,
         seg_tiles=seg_tiles, n_groups=n_groups,
         flags=option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
-                           opts.delta_threshold, h0),
+                           opts.delta_threshold, h0, last_state=last_state),
     )
     (static["stride_u_b"], static["stride_u_d"], static["stride_u_l"]) = u.stride()
     (static["stride_delta_b"], static["stride_delta_d"], static["stride_delta_l"]) = delta.stride()
@@ -649,24 +650,24 @@ def forward_plan(u, delta, A, B, C, opts, layout, tuning):
     return ForwardPlan(launches, nvisit, triton.cdiv(nvisit, chunk_size), scratch_size)
 
 
-def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size=None,
-                       block_d=None, block_t=None, num_segments=None, num_warps=None,
-                       maxnreg=None, plan_key=None):
+def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, last_state=True,
+                       chunk_size=None, block_d=None, block_t=None, num_segments=None,
+                       num_warps=None, maxnreg=None, plan_key=None):
     """Launches the forward kernels on checked inputs (opts: ScanOptions, layout: BCLayout;
-    the other keywords force a launch configuration). The launch configuration is worked out
+    last_state: whether to compute it; the other keywords force a launch configuration). The launch configuration is worked out
     once per signature of the inputs (shapes, strides, dtypes, alignment, options) and kept.
     plan_key: a key of the plan already found for the arguments these inputs were made from
     (the PlanKey of selective_scan_ext's checks), saving the launcher a launch_signature of its
     own; it must determine the inputs' own signature (the contiguous copies of the channel
     vectors and the gathered B and C are fresh allocations, so it does).
 
-    Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N) and chunk_states
-    (batch, dim, ⌈K/chunk_size⌉, N), the state entering every chunk; states have A's dtype
-    (float32, or float64 for float64 inputs)."""
+    Returns out (batch, dim, K or L) in u's dtype, last_state (batch, dim, N), None if not
+    asked for, and chunk_states (batch, dim, ⌈K/chunk_size⌉, N), the state entering every
+    chunk; states have A's dtype (float32, or float64 for float64 inputs)."""
     if not INTERPRETED and u.get_device() != torch.cuda.current_device():
         with torch.cuda.device(u.device):
-            return selective_scan_fwd(u, delta, A, B, C, opts, layout, chunk_size=chunk_size,
-                                      block_d=block_d, block_t=block_t,
+            return selective_scan_fwd(u, delta, A, B, C, opts, layout, last_state=last_state,
+                                      chunk_size=chunk_size, block_d=block_d, block_t=block_t,
                                       num_segments=num_segments, num_warps=num_warps,
                                       maxnreg=maxnreg, plan_key=plan_key)
     keep_idx = opts.keep_idx
@@ -678,12 +679,12 @@ def selective_scan_fwd(u, delta, A, B, C, opts, layout=BCLayout(), *, chunk_size
     if plan_key is None:
         plan_key = launch_signature(u, delta, A, B, C, *opts)
     plan = FORWARD_PLANS.get_or_build(
-        (plan_key, layout, tuning),
-        lambda: forward_plan(u, delta, A, B, C, opts, layout, tuning))
+        (plan_key, layout, tuning, last_state),
+        lambda: forward_plan(u, delta, A, B, C, opts, layout, tuning, last_state))
     batch, dim, _ = u.shape
     dstate = A.shape[1]
     out = u.new_empty((batch, dim, plan.nvisit))
-    last_state = A.new_empty((batch, dim, dstate))
+    last_state = A.new_empty((batch, dim, dstate)) if last_state else None
     chunk_states = A.new_empty((batch, dim, plan.n_chunks, dstate))
     scratch = A.new_empty(plan.scratch_size) if plan.scratch_size else None
     delta_mult, delta_scale, a_mult, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim,

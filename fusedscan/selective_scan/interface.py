@@ -14,18 +14,24 @@ from fusedscan.selective_scan.validate import check_inputs, check_keep_idx_value
 from fusedscan.utils.launch import channel_vectors, launch_signature
 
 
+# Stands for a tensor option in ctx.scan_options: the tensor itself is in ctx.saved_tensors.
+_SAVED = object()
+
+
 def _save(ctx, u, delta, A, B, C, opts, layout, chunk_states):
-    """Keeps what the backward pass needs: tensors through save_for_backward, the rest on ctx."""
+    """Keeps what the backward pass needs: the tensors through save_for_backward (the options'
+    only where given: each saved None costs autograd time), the rest on ctx."""
     ctx.save_for_backward(u, delta, A, B, C, chunk_states,
-                          *[v if isinstance(v, Tensor) else None for v in opts])
-    ctx.scan_options = [None if isinstance(v, Tensor) else v for v in opts]
+                          *[v for v in opts if isinstance(v, Tensor)])
+    ctx.scan_options = [_SAVED if isinstance(v, Tensor) else v for v in opts]
     ctx.layout = layout
 
 
 def _saved(ctx):
     """(u, delta, A, B, C, opts, layout, chunk_states) as _save kept them."""
     u, delta, A, B, C, chunk_states, *tensors = ctx.saved_tensors
-    opts = ScanOptions(*[t if t is not None else v for t, v in zip(tensors, ctx.scan_options)])
+    tensors = iter(tensors)
+    opts = ScanOptions(*[next(tensors) if v is _SAVED else v for v in ctx.scan_options])
     return u, delta, A, B, C, opts, ctx.layout, chunk_states
 
 
@@ -37,7 +43,8 @@ def _zero_dout(dout, u, opts):
 
 
 # Where the backward launcher's gradients (GRAD_INPUTS) go among SelectiveScanFunction's inputs.
-_FUNCTION_INPUTS = ("u", "delta", "A", "B", "C", "layout", "plan_key", *ScanOptions._fields)
+_FUNCTION_INPUTS = ("u", "delta", "A", "B", "C", "layout", "plan_key", "return_last_state",
+                    *ScanOptions._fields)
 _GRAD_SLOTS = tuple(_FUNCTION_INPUTS.index(k) for k in GRAD_INPUTS)
 
 
@@ -46,17 +53,18 @@ class SelectiveScanFunction(torch.autograd.Function):
     costs several times more host time per call)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, layout, plan_key, *options):
+    def forward(ctx, u, delta, A, B, C, layout, plan_key, return_last_state, *options):
         opts = ScanOptions(*options)
-        out, last_state, chunk_states = selective_scan_fwd(u, delta, A, B, C, opts, layout,
-                                                           plan_key=plan_key)
+        out, last_state, chunk_states = selective_scan_fwd(
+            u, delta, A, B, C, opts, layout, last_state=return_last_state, plan_key=plan_key)
         _save(ctx, u, delta, A, B, C, opts, layout, chunk_states)
         ctx.plan_key = plan_key
         ctx.set_materialize_grads(False)
-        return out, last_state
+        # One output unless the last state is asked for: each output costs autograd time.
+        return (out, last_state) if return_last_state else out
 
     @staticmethod
-    def backward(ctx, dout, dlast):
+    def backward(ctx, dout, dlast=None):
         u, delta, A, B, C, opts, layout, chunk_states = _saved(ctx)
         dout = _zero_dout(dout, u, opts)
         # The forward's key fixes everything of the backward's plan but the output gradients.
@@ -157,14 +165,17 @@ def scan(u, delta, A, B, C, opts, layout, return_last_state=False, plan_key=None
     the custom op while torch.compile traces, the autograd.Function when a gradient is wanted,
     else the launcher alone. plan_key: the PlanKey that check_inputs returned for the public
     call's arguments (their signature fixes everything the launch plans depend on), or None."""
-    if torch.compiler.is_compiling():
+    # check_inputs gives no PlanKey while torch.compile traces.
+    if plan_key is None and torch.compiler.is_compiling():
         out, last_state, _ = selective_scan_fwd_op(u, delta, A, B, C, *op_args(opts, layout))
-    elif torch.is_grad_enabled() and any(
-            torch.is_tensor(x) and x.requires_grad for x in (u, delta, A, B, C, *opts)):
-        out, last_state = SelectiveScanFunction.apply(u, delta, A, B, C, layout, plan_key, *opts)
-    else:
-        out, last_state, _ = selective_scan_fwd(u, delta, A, B, C, opts, layout,
-                                                plan_key=plan_key)
+        return (out, last_state) if return_last_state else out
+    if torch.is_grad_enabled() and (
+            u.requires_grad or delta.requires_grad or A.requires_grad or B.requires_grad
+            or C.requires_grad or any(isinstance(x, Tensor) and x.requires_grad for x in opts)):
+        return SelectiveScanFunction.apply(u, delta, A, B, C, layout, plan_key,
+                                           return_last_state, *opts)
+    out, last_state, _ = selective_scan_fwd(u, delta, A, B, C, opts, layout,
+                                            last_state=return_last_state, plan_key=plan_key)
     return (out, last_state) if return_last_state else out
 
 

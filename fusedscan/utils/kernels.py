@@ -21,15 +21,18 @@ FLAG_A_SCALE = tl.constexpr(16)
 FLAG_THRESHOLD = tl.constexpr(32)
 FLAG_INITIAL_STATE = tl.constexpr(64)
 FLAG_DLAST = tl.constexpr(128)
+FLAG_LAST_STATE = tl.constexpr(256)  # the forward writes last_state
 
 
 def option_flags(D=None, delta_bias=None, delta_softplus=False, delta_scale=None, a_scale=None,
-                 delta_threshold=None, initial_state=None, dlast=None):
-    """The `flags` argument for the given inputs (tensors or None; delta_softplus a bool)."""
+                 delta_threshold=None, initial_state=None, dlast=None, last_state=False):
+    """The `flags` argument for the given inputs (tensors or None; delta_softplus and
+    last_state bools)."""
     present = ((D, FLAG_D), (delta_bias, FLAG_DELTA_BIAS), (delta_scale, FLAG_DELTA_SCALE),
                (a_scale, FLAG_A_SCALE), (delta_threshold, FLAG_THRESHOLD),
                (initial_state, FLAG_INITIAL_STATE), (dlast, FLAG_DLAST))
-    return sum(bit.value for x, bit in present if x is not None) + delta_softplus * FLAG_SOFTPLUS.value
+    return (sum(bit.value for x, bit in present if x is not None)
+            + delta_softplus * FLAG_SOFTPLUS.value + last_state * FLAG_LAST_STATE.value)
 
 
 if INTERPRETED:

@@ -52,15 +52,17 @@ def contiguous_strides(shape):
 
 def launch_signature(*xs):
     """What a launch plan depends on in the given arguments: a tensor's dtype, shape, strides,
-    device (a CUDA device by its index: torch.device objects are slow to make) and whether its
-    address is a multiple of 16 (Triton specializes pointers on it); None and bools as they
-    are; any other value by its type only (numbers reach the kernels as per-call values)."""
+    device (a CUDA device by its index: torch.device objects are slow to make; others, whose
+    get_device() is -1, by their device) and whether its address is a multiple of 16 (Triton
+    specializes pointers on it); None and bools as they are; any other value by its type only
+    (numbers reach the kernels as per-call values)."""
     key = []
     for x in xs:
         if x is None or x is True or x is False:
             key.append(x)
         elif isinstance(x, torch.Tensor):
-            key.append((x.dtype, x.shape, x.stride(), x.get_device() if x.is_cuda else x.device,
+            index = x.get_device()
+            key.append((x.dtype, x.shape, x.stride(), x.device if index < 0 else index,
                         x.data_ptr() % 16 == 0))
         else:
             key.append(type(x))
@@ -109,6 +111,19 @@ def _hooked(hook):
     return getattr(hook, "calls", hook) not in (None, [])
 
 
+def compiled_launcher(compiled):
+    """(launcher, head) of a compiled kernel: launcher(gridX, gridY, gridZ, stream, *head,
+    *kernel arguments) launches it without hooks. With Triton 3.6's CUDA launcher and a kernel
+    that needs no scratch memory, its C function itself (its Python wrapper would only pass the
+    arguments on, ~1 µs a launch); otherwise the compiled kernel's `run`."""
+    run = compiled.run  # binds the kernel's handles (compiled.function) on first use
+    if (triton.__version__.startswith("3.6.") and type(run).__name__ == "CudaLauncher"
+            and run.global_scratch_size == 0 and run.profile_scratch_size == 0):
+        return run.launch, (compiled.function, run.launch_cooperative_grid, run.launch_pdl,
+                            None, None, compiled.packed_metadata, None, None, None)
+    return run, (compiled.function, compiled.packed_metadata, None, None, None)
+
+
 class LaunchPlan:
     """One launch of a Triton kernel whose arguments after the first `dynamic` are fixed.
 
@@ -131,18 +146,19 @@ class LaunchPlan:
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.static = tuple(static.pop(n) for n in names[dynamic:])
         self.options = static  # launch options: num_warps, maxnreg
-        self.compiled = None
+        # After the first launch: the compiled launcher and its arguments between the stream and
+        # the kernel's own.
+        self.launcher, self.head = None, ()
 
     def __call__(self, *args):
-        c = self.compiled
-        if c is not None and not _hooked(triton.knobs.runtime.launch_enter_hook) \
+        launcher = self.launcher
+        if launcher is not None and not _hooked(triton.knobs.runtime.launch_enter_hook) \
                 and not _hooked(triton.knobs.runtime.launch_exit_hook):
-            c.run(*self.grid, _current_stream(self.device), c.function, c.packed_metadata, None,
-                  None, None, *args, *self.static)
+            launcher(*self.grid, _current_stream(self.device), *self.head, *args, *self.static)
             return
         c = self.launch_through_triton(*args)
         if not INTERPRETED:
-            self.compiled = c.result() if hasattr(c, "result") else c
+            self.launcher, self.head = compiled_launcher(c.result() if hasattr(c, "result") else c)
 
     def launch_through_triton(self, *args):
         """The same launch by Triton's own path; returns what Triton returns."""
