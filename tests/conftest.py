@@ -32,3 +32,13 @@ def _fresh_seed(request):
     torch.manual_seed(seed)
     request.node.user_properties.append(("seed", seed))
     yield
+
+
+# Files whose tests take from half a minute to two minutes each in the interpreter. Collected
+# first, so that pytest-xdist's workers start them early and end together on short tests
+# (otherwise one worker ran them alone for the suite's last minutes).
+_LONG_FILES = ("test_models.py", "test_docs.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in _LONG_FILES)
