@@ -47,7 +47,8 @@ def test_state_peak_is_the_largest_state_magnitude():
     states = [selective_scan_ref(*(x[..., :t] if torch.is_tensor(x) and x.dim() == 3 else x
                                    for x in args), initial_state=h0)[1] for t in range(1, 10)]
     expected = torch.stack([h0.abs(), *(h.abs() for h in states)]).amax(0)
-    assert torch.equal(peak, expected)
+    # A prefix's run may round differently from the whole run's (its einsums have other shapes).
+    torch.testing.assert_close(peak, expected, rtol=1e-5, atol=0)
     assert torch.equal(last, states[-1])
 
 
