@@ -19,7 +19,7 @@ from reference.mamba_model import mamba_forward_ref, mixer_ref
 from reference.modulation import scale_spectrum_ref
 from tests.conftest import DEVICE, ON_GPU
 from tests.helpers import rel_err
-from tests.model_libs import DT_RANK, LAYERS, LIBS, N, VOCAB
+from tests.model_libs import DT_RANK, HIDDEN, LAYERS, LIBS, N, VOCAB
 
 L = 37 if ON_GPU else 23
 # float64 against the reference: the kernels take float scales and log2 e as float32 scalar
@@ -254,6 +254,21 @@ def test_bad_arguments(lib, monkeypatch):
         Modulation(0.5, form="cubic")
     with pytest.raises(ValueError, match="not patched"):
         DeltaRecorder(model)
+    # A method naming a layer the model does not have would do nothing there, silently.
+    calibration = calibrate_longmamba({LAYERS: torch.rand(2 * HIDDEN, 8)},
+                                      {LAYERS: -torch.rand(2 * HIDDEN, N)}, theta=0.05)
+    for method, what, missing in [
+            (DeciMamba(DecimationSchedule(layers=(1, LAYERS + 8))), "schedule.layers",
+             [LAYERS + 8]),
+            (LongMamba(calibration), "calibration.layers", [LAYERS]),
+            (MambaExtend([1.0] * (LAYERS + 1)), "scales", [LAYERS]),
+            (Modulation({0: 0.5, LAYERS + 2: 0.5}), "scales", [LAYERS + 2])]:
+        with pytest.raises(ValueError) as info:
+            apply_fusedscan(model, method)
+        assert f"{what} name layers {missing}" in str(info.value), str(info.value)
+        assert f"layers {list(range(LAYERS))}" in str(info.value), str(info.value)
+        assert "_fusedscan_patched" not in model.__dict__
+    apply_fusedscan(model, MambaExtend([1.0] * LAYERS))
     with pytest.raises(ValueError, match="layers"):
         DeltaRecorder(apply_fusedscan(model), layers=[7])
     if lib.name == "transformers":  # the cache API fusedscan uses came with 5.17

@@ -70,6 +70,10 @@ CASES = [
     (dict(delta_scale=t(DIM).half()), TypeError, ["delta_scale", "float32"]),
     (dict(a_scale=t(N)), ValueError, ["a_scale", "(dim, N)"]),
     (dict(a_scale=[1.0]), TypeError, ["a_scale"]),
+    (dict(delta_scale=-0.5), ValueError, ["delta_scale", ">= 0", "grow"]),
+    (dict(a_scale=-2), ValueError, ["a_scale", ">= 0"]),
+    (dict(a_scale=math.nan), ValueError, ["a_scale", "finite"]),
+    (dict(delta_scale=math.inf), ValueError, ["delta_scale", "finite"]),
     (dict(delta_threshold=t(DIM + 1)), ValueError, ["delta_threshold", "(dim,)"]),
     (dict(keep_idx=torch.arange(5, device=DEVICE).repeat(BATCH, 1).int()), TypeError,
      ["keep_idx", "int64"]),
@@ -147,6 +151,17 @@ def test_float_scales_are_accepted_as_numbers():
     assert torch.isfinite(selective_scan_ext(u, delta, A, B, C, **call)).all()
 
 
+def test_number_scales_are_checked_on_every_call():
+    """A signature that passed once is not checked again, but a number's value is not part of
+    it: a negative scale after a valid one of the same type still raises."""
+    call = base(delta_scale=0.5, a_scale=0.0)
+    u, delta, A, B, C = (call.pop(k) for k in ("u", "delta", "A", "B", "C"))
+    selective_scan_ext(u, delta, A, B, C, **call)
+    for name in ("delta_scale", "a_scale"):
+        with pytest.raises(ValueError, match=f"{name} must be finite and >= 0"):
+            selective_scan_ext(u, delta, A, B, C, **dict(call, **{name: -0.5}))
+
+
 def step_base(**over):
     """Valid arguments of selective_state_update_ext with every option, then `over`."""
     call = dict(state=t(BATCH, DIM, N), x=t(BATCH, DIM), dt=t(BATCH, DIM), A=-t(DIM, N).abs(),
@@ -179,6 +194,8 @@ STEP_CASES = [
     (dict(dt_bias=t(DIM).double()), TypeError, ["dt_bias", "float32"]),
     (dict(dt_softplus=1), TypeError, ["dt_softplus", "bool"]),
     (dict(delta_scale="1"), TypeError, ["delta_scale", "float"]),
+    (dict(delta_scale=-1.0), ValueError, ["delta_scale", ">= 0"]),
+    (dict(a_scale=math.nan), ValueError, ["a_scale", "finite"]),
     (dict(a_scale=t(N)), ValueError, ["a_scale", "(dim, N)"]),
     (dict(delta_threshold=t(DIM, 1)), ValueError, ["delta_threshold", "(dim,)"]),
     (dict(D=torch.randn(DIM, device="meta")), ValueError, ["D", "device"]),

@@ -27,7 +27,7 @@ def apply_fusedscan(model, method=None):
     ``kept_positions(model)`` gives them (batch, K) as indices into the input. Decode steps after
     a decimated prefill are ordinary steps from the states it left."""
     library = _library(model)
-    method = as_method(method)
+    method = as_method(method, library.layers(model))
     remove_fusedscan(model)
     model._fusedscan_patched = library.patch(model, method)
     return model

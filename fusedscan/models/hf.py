@@ -47,6 +47,11 @@ def _parts(mixer):
                         mixer.act)
 
 
+def layers(model):
+    """The layer index of each mixer."""
+    return [block.mixer.layer_idx for block in _backbone(model).layers]
+
+
 def patch(model, method):
     version = sys.modules["transformers"].__version__
     if tuple(int(v) for v in version.split(".")[:2]) < (5, 17):

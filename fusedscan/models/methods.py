@@ -25,6 +25,11 @@ class Method:
     def select(self, layer, delta, delta_bias):
         return None
 
+    def named_layers(self):
+        """(what names them, the layers this method names one by one): checked against the
+        model's layers when it is applied."""
+        return "", ()
+
 
 class DeciMamba(Method):
     """DeciMamba: at each layer of ``schedule.layers`` the mixer keeps the schedule's top-k
@@ -38,6 +43,9 @@ class DeciMamba(Method):
 
     def select(self, layer, delta, delta_bias):
         return self.schedule.select(layer, delta, delta_bias)
+
+    def named_layers(self):
+        return "schedule.layers", self.schedule.layers
 
     def __repr__(self):
         return f"DeciMamba({self.schedule!r})"
@@ -75,6 +83,9 @@ class LongMamba(Method):
         threshold = self.calibration.delta_threshold(S, layer, A.device)
         return {"delta_threshold": threshold.to(A.dtype)}
 
+    def named_layers(self):
+        return "calibration.layers", self.calibration.layers
+
     def __repr__(self):
         return f"LongMamba(layers={self.calibration.layers}, length={self.length})"
 
@@ -109,7 +120,14 @@ class _PerLayer:
         return self.every if self.every is not None else self.table.get(layer)
 
 
-class Modulation(Method):
+class _Scaled(Method):
+    """A method with scales per layer (_PerLayer)."""
+
+    def named_layers(self):
+        return "scales", tuple(self.scales.table)
+
+
+class Modulation(_Scaled):
     """Mamba Modulation: layer ℓ's A becomes −|A|^s (form "power") or s·A (form "linear"), with
     s = scales[ℓ]. ``scales`` is a float or 0-d tensor for every layer, a mapping layer -> s,
     or a sequence / tensor indexed by layer (s[ℓ] a float, 0-d, (dim,) or (dim, N) tensor); a
@@ -126,7 +144,7 @@ class Modulation(Method):
         return {} if s is None else {"a_scale": spectrum_a_scale(A, s, self.form)}
 
 
-class MambaExtend(Method):
+class MambaExtend(_Scaled):
     """MambaExtend: layer ℓ's Δ̂ is multiplied by scales[ℓ] (a float, or a 0-d / (dim,) tensor);
     ``scales`` is given as for ``Modulation``."""
 
@@ -142,10 +160,20 @@ class MambaExtend(Method):
         return {"delta_scale": s}
 
 
-def as_method(method):
+def as_method(method, layers):
+    """method (None for no extension) checked for a model whose mixers are at `layers`: a
+    method that names a layer the model does not have (a DeciMamba layer past the last one,
+    more per-layer scales than layers) would silently do nothing there."""
     if method is None:
         return Method()
     if not isinstance(method, Method):
         raise TypeError(f"method must be None, DeciMamba, LongMamba, Modulation or MambaExtend, "
                         f"got {type(method).__name__}")
+    what, named = method.named_layers()
+    layers = set(layers)
+    missing = [layer for layer in named if layer not in layers]
+    if missing:
+        raise ValueError(f"method: {type(method).__name__}'s {what} name layers {missing} that "
+                         f"the model does not have; its mixers are at layers "
+                         f"{sorted(layers)}")
     return method

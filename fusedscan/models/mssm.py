@@ -40,6 +40,11 @@ def is_model(model):
     return _classes() is not None and isinstance(model, torch.nn.Module) and bool(_mixers(model))
 
 
+def layers(model):
+    """The layer index of each mixer (its position among the model's mixers when it has none)."""
+    return [m.layer_idx if m.layer_idx is not None else i for i, m in enumerate(_mixers(model))]
+
+
 def patch(model, method):
     mixers, backbone = _mixers(model), _backbone(model)
     if isinstance(method, DeciMamba):
@@ -50,8 +55,7 @@ def patch(model, method):
                for block in backbone.layers):
             raise ValueError("DeciMamba needs every block of the model to be a Mamba mixer "
                              "without an MLP")
-    for i, mixer in enumerate(mixers):
-        layer = mixer.layer_idx if mixer.layer_idx is not None else i
+    for layer, mixer in zip(layers(model), mixers):
         mixer.fusedscan_parts = M.MixerParts(mixer, layer, mixer.dt_rank, mixer.d_state,
                                              mixer.act)
         mixer.forward = types.MethodType(_mixer_forward(method), mixer)

@@ -195,8 +195,8 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
                         d // (dim // G)); variable ones float32, float16 or bfloat16.
         D, delta_bias:  (dim,) float32.
         initial_state:  (batch, dim, N) float32.
-        delta_scale:    float or (dim,) float32.
-        a_scale:        float, (dim,) or (dim, N) float32.
+        delta_scale:    float (finite, >= 0) or (dim,) float32.
+        a_scale:        float (finite, >= 0), (dim,) or (dim, N) float32.
         delta_threshold: (dim,) float32.
         keep_idx:       (batch, K) int64, strictly increasing, values in [0, L).
 

@@ -4,8 +4,8 @@ import torch
 
 from fusedscan.selective_scan.options import BCLayout
 from fusedscan.utils.checks import (
-    ACTIVATION_DTYPES, F64, check_dtype, check_param, check_scale, check_shape, check_tensor,
-    param_dtypes, state_size_note,
+    ACTIVATION_DTYPES, F64, check_dtype, check_number_scale, check_param, check_scale,
+    check_shape, check_tensor, param_dtypes, state_size_note,
 )
 from fusedscan.utils.device import check_devices
 from fusedscan.utils.launch import PlanKey, SignatureCache, launch_signature
@@ -51,7 +51,12 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_las
 
     The rules look only at what launch_signature records (types, dtypes, shapes, strides,
     devices, bools), so a signature that passed once is not checked again; the launchers key
-    their plans by its PlanKey."""
+    their plans by its PlanKey. A scale given as a number is keyed by its type only, so its
+    value is checked on every call."""
+    if delta_scale is not None:
+        check_number_scale("delta_scale", delta_scale)
+    if a_scale is not None:
+        check_number_scale("a_scale", a_scale)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
             initial_state, delta_scale, a_scale, delta_threshold, keep_idx)
     if torch.compiler.is_compiling():  # traced tensors have no data pointer to sign

@@ -116,8 +116,8 @@ def selective_state_update_ext(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
         B, C:           (batch, N) or grouped (batch, G, N) with dim % G == 0 (channel d
                         uses group d // (dim // G)); float32, float16 or bfloat16.
         D, dt_bias:     (dim,) float32.
-        delta_scale:    float or (dim,) float32.
-        a_scale:        float, (dim,) or (dim, N) float32.
+        delta_scale:    float (finite, >= 0) or (dim,) float32.
+        a_scale:        float (finite, >= 0), (dim,) or (dim, N) float32.
         delta_threshold: (dim,) float32.
     Float64 inputs (all floating ones, state included) compute in float64, except that the
     scalar multipliers (log2 e, float scales) are float32 kernel arguments (relative error

@@ -1,6 +1,7 @@
 """Primitives of the argument checks: each raises TypeError / ValueError naming the argument and
 what was expected."""
 
+import math
 import numbers
 
 import torch
@@ -49,8 +50,18 @@ def check_param(name, x, shape, what, dtypes, note=""):
     check_shape(name, x, shape, what, note)
 
 
+def check_number_scale(name, x):
+    """A scale given as a Python number must be finite and non-negative: a negative one turns
+    the state's decay exp(Δ̂·A) into growth without bound. Other types pass (check_scale
+    judges them); a tensor's values are not read (that would wait for the GPU)."""
+    if isinstance(x, numbers.Real) and not isinstance(x, bool) and not 0 <= x < math.inf:
+        raise ValueError(f"{name} must be finite and >= 0 (a negative scale makes the state "
+                         f"grow without bound), got {x!r}")
+
+
 def check_scale(name, x, shapes, dtypes, note=""):
-    """A Python number or a tensor of one of `shapes` ({shape: description})."""
+    """A Python number (finite, >= 0) or a tensor of one of `shapes` ({shape: description})."""
+    check_number_scale(name, x)
     if isinstance(x, bool) or not isinstance(x, (numbers.Real, torch.Tensor)):
         raise TypeError(f"{name} must be a float or a {dtype_names(dtypes)} tensor of shape "
                         f"{' or '.join(shapes.values())}, got {type(x).__name__}")
