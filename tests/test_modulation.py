@@ -76,6 +76,19 @@ def test_spsa_is_repeatable_and_bounded():
     assert runs[0].scales.min() >= 0.5 and runs[0].scales.max() <= 1.2
 
 
+def test_spsa_with_mambaextends_published_search():
+    """MambaExtend's own search (docs/methods.md): a lower bound of 0.01 and none above,
+    probes c / (k + 1)^0.1 with c = 0.1, a constant step (alpha = 0). A minimum below the bound
+    ends at the bound; one above 1 is reached."""
+    target = torch.tensor([-0.5, 1.6], dtype=torch.float64)
+    start = torch.tensor([0.6, 0.7], dtype=torch.float64)
+    result = calibrate_scales_spsa(quadratic(target), start, iterations=300, a=0.05, c=0.1,
+                                   alpha=0, gamma=0.1, bounds=(0.01, None),
+                                   generator=torch.Generator().manual_seed(0))
+    assert result.scales[0] == 0.01
+    assert 1.3 < result.scales[1] < 1.9  # a constant step keeps wandering around 1.6
+
+
 def test_gradient_calibration_finds_the_minimum_of_a_quadratic():
     target = torch.tensor([0.6, 1.3], dtype=torch.float64)
     result = calibrate_scales_gradient(quadratic(target), torch.ones(2), steps=200, lr=0.05)
