@@ -43,6 +43,17 @@ def test_global_channels_and_decays(aggregate):
                              for layer in cal.layers}
 
 
+def test_theta_defaults_to_the_authors_channel_threshold():
+    """LongMamba's public code takes a channel as global above c = 5e-2 unless told otherwise
+    (docs/methods.md)."""
+    deltas, As = calibration_data()
+    cal = calibrate_longmamba(deltas, As)
+    assert cal.theta == 0.05
+    for layer in cal.layers:
+        assert cal.global_mask(layer).tolist() == global_channels_ref(list(deltas[layer]),
+                                                                      As[layer], 0.05, "max")
+
+
 def rel_err_log(log_x, ref):
     """Relative error of exp(log_x) against ref, in log space where ref underflows."""
     return float((log_x - ref.log()).abs().max())

@@ -147,7 +147,7 @@ class LongMambaCalibration:
                    data["log_decays"], data["curves"])
 
 
-def calibrate_longmamba(delta_hats, A, *, theta, aggregate="max"):
+def calibrate_longmamba(delta_hats, A, *, theta=0.05, aggregate="max"):
     """LongMamba's calibration from Δ̂ recorded on sequences of the training length T.
 
     delta_hats: per layer (a mapping layer -> value, or a list indexed by layer), the Δ̂ the
@@ -155,7 +155,8 @@ def calibrate_longmamba(delta_hats, A, *, theta, aggregate="max"):
         (sequences, dim, T) tensor or a list of (dim, T) tensors.
     A: per layer, the same way, the layer's A = −exp(A_log), (dim, N).
     theta: a channel is global when its cumulative decay over T tokens,
-        ∏_t mean_n exp(Δ̂_t[d] · A[d, n]), aggregated over the sequences, exceeds theta.
+        ∏_t mean_n exp(Δ̂_t[d] · A[d, n]), aggregated over the sequences, exceeds theta
+        (default 0.05, the authors' default channel threshold c).
     aggregate: "max" (default) or "mean" of that decay over the sequences.
 
     The threshold curve of a global channel is the mean over sequences of its Δ̂ sorted in
