@@ -27,10 +27,10 @@ CASES = {
 def op_args(args, kwargs):
     """selective_scan_fwd_op's arguments for a make_case case."""
     u, delta, A, B, C, D, z, delta_bias, softplus = args
-    layout, _ = check_inputs(u, delta, A, B, C, D, z, delta_bias, softplus, False,
+    layout = check_inputs(u, delta, A, B, C, D, z, delta_bias, softplus, False,
                           kwargs.get("initial_state"), kwargs.get("delta_scale"),
                           kwargs.get("a_scale"), kwargs.get("delta_threshold"),
-                          kwargs.get("keep_idx"))
+                          kwargs.get("keep_idx")).layout
     opts = ScanOptions(D, z, delta_bias, softplus, **kwargs)
     return (u, delta, A, B, C, *scan_op_args(opts, layout))
 

@@ -1,13 +1,15 @@
 """fusedscan/utils/launch.py: a launch plan with an absent (None) pointer argument, by Triton's
 own path (its first call, and every call under the interpreter) and by the compiled kernel's
-launcher (later calls on a GPU: Triton 3.6's C launch function); the checks' plan keys."""
+launcher (later calls on a GPU: Triton 3.6's C launch function); the checks' plan keys and the
+signature cache's guarded lookup."""
 
 import torch
 import triton
 import triton.language as tl
 
 from fusedscan.selective_scan.validate import check_inputs
-from fusedscan.utils.launch import LaunchPlan
+from fusedscan.utils import launch
+from fusedscan.utils.launch import LaunchPlan, PlanKey, SignatureCache, launch_signature
 from tests.conftest import DEVICE
 
 
@@ -49,3 +51,47 @@ def test_plan_keys_follow_the_signature():
                             None, None, None, None)[1]
     assert key(9) is key(9)
     assert key(9) is not key(10)
+
+
+def _signature_variants():
+    """Argument tuples (tensor, tensor or None, flag, scale) whose launch_signatures differ in
+    one thing each, or (the last two) agree with the first."""
+    def x(*shape, dtype=torch.float32):
+        return torch.randn(*shape, device=DEVICE, dtype=dtype)
+    base = (x(4, 6), x(6), True, 0.5)
+    wide = x(4, 12)
+    return [
+        base,
+        (x(4, 6, dtype=torch.bfloat16), x(6), True, 0.5),   # dtype
+        (x(4, 7), x(6), True, 0.5),                         # shape
+        (x(6, 4).t(), x(6), True, 0.5),                     # strides
+        (wide[:, :6], x(6), True, 0.5),                     # strides (a slice)
+        (x(4, 6), x(7)[1:], True, 0.5),                     # alignment (4 bytes off)
+        (x(4, 6), None, True, 0.5),                         # an absent tensor
+        (x(4, 6), x(6), False, 0.5),                        # a flag
+        (x(4, 6), x(6), True, 2),                           # a scale's type
+        (x(4, 6), x(6), True, None),                        # no scale
+        (x(4, 6).requires_grad_(), x(6), True, 0.5),        # same signature, another guard
+        (x(4, 6), x(6), True, 3.0),                         # same signature, another value
+    ]
+
+
+def test_signature_cache_finds_what_the_signature_finds(monkeypatch):
+    """for_args gives one result per launch_signature, however often and in whatever order
+    the signatures come, with fewer recent guards kept than signatures of one set of types;
+    a recent signature is found without making it."""
+    cache = SignatureCache()
+    variants = _signature_variants()
+    seen = {}
+    for rnd in range(4):
+        for args in (variants if rnd % 2 else variants[::-1]):
+            # fresh tensors of the same signature each time
+            args = tuple(a.clone() if isinstance(a, torch.Tensor) and a.is_contiguous()
+                         and a.data_ptr() % 16 == 0 else a for a in args)
+            got = cache.for_args(args, PlanKey, recent=3)
+            assert seen.setdefault(launch_signature(*args), got) is got
+    assert len(seen) == len(variants) - 2
+    if launch.TensorGuards is not None:
+        monkeypatch.setattr(launch, "launch_signature", None)
+        args = (variants[0][0].clone(), variants[0][1].clone(), True, 0.25)
+        assert cache.for_args(args, PlanKey, recent=3) is seen[launch_signature(*variants[0])]

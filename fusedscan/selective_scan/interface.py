@@ -11,7 +11,7 @@ from fusedscan.selective_scan.options import (
     GRAD_INPUTS, BCLayout, ScanOptions, from_op_args, op_args,
 )
 from fusedscan.selective_scan.validate import check_inputs, check_keep_idx_values
-from fusedscan.utils.launch import channel_vectors, launch_signature
+from fusedscan.utils.launch import PlanKey, SignatureCache, channel_vectors
 
 
 # Stands for a tensor option in ctx.scan_options: the tensor itself is in ctx.saved_tensors.
@@ -42,6 +42,10 @@ def _zero_dout(dout, u, opts):
     return u.new_zeros((*u.shape[:2], opts.visited or u.shape[2]))
 
 
+# A PlanKey per launch_signature of the output gradients (dout, dlast).
+_GRAD_KEYS = SignatureCache()
+
+
 # Where the backward launcher's gradients (GRAD_INPUTS) go among SelectiveScanFunction's inputs.
 _FUNCTION_INPUTS = ("u", "delta", "A", "B", "C", "layout", "plan_key", "return_last_state",
                     *ScanOptions._fields)
@@ -68,8 +72,8 @@ class SelectiveScanFunction(torch.autograd.Function):
         u, delta, A, B, C, opts, layout, chunk_states = _saved(ctx)
         dout = _zero_dout(dout, u, opts)
         # The forward's key fixes everything of the backward's plan but the output gradients.
-        plan_key = None if ctx.plan_key is None else (ctx.plan_key,
-                                                      launch_signature(dout, dlast))
+        plan_key = None if ctx.plan_key is None else (
+            ctx.plan_key, _GRAD_KEYS.for_args((dout, dlast), PlanKey))
         grads = [None] * len(_FUNCTION_INPUTS)
         for slot, grad in zip(_GRAD_SLOTS, selective_scan_bwd(
                 dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, plan_key=plan_key)):
@@ -229,15 +233,16 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Under torch.compile the kernels run as the torch custom ops fusedscan::selective_scan_fwd /
     _bwd, traced without a graph break (check_keep_idx=True breaks the graph).
     """
-    layout, plan_key = check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                    return_last_state, initial_state, delta_scale, a_scale,
-                                    delta_threshold, keep_idx)
+    layout, plan_key, copy_vectors = check_inputs(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state,
+        delta_scale, a_scale, delta_threshold, keep_idx)
     if not isinstance(check_keep_idx, bool):
         raise TypeError(f"check_keep_idx must be a bool, got {type(check_keep_idx).__name__}")
     if check_keep_idx and keep_idx is not None:
         check_keep_idx_values(keep_idx, u.shape[2])
-    D, delta_bias, delta_scale, delta_threshold = channel_vectors(D, delta_bias, delta_scale,
-                                                                  delta_threshold)
+    if copy_vectors:
+        D, delta_bias, delta_scale, delta_threshold = channel_vectors(D, delta_bias, delta_scale,
+                                                                      delta_threshold)
     opts = ScanOptions(D, z, delta_bias, delta_softplus, initial_state, delta_scale, a_scale,
                        delta_threshold, keep_idx)
     return scan(u, delta, A, B, C, opts, layout, return_last_state, plan_key)

@@ -1,5 +1,7 @@
 """Argument checks for selective_scan_ext: every rule of the contract, before any kernel runs."""
 
+from typing import NamedTuple, Optional
+
 import torch
 
 from fusedscan.selective_scan.options import BCLayout
@@ -8,7 +10,7 @@ from fusedscan.utils.checks import (
     check_shape, check_tensor, param_dtypes, state_size_note,
 )
 from fusedscan.utils.device import check_devices
-from fusedscan.utils.launch import PlanKey, SignatureCache, launch_signature
+from fusedscan.utils.launch import PlanKey, SignatureCache
 
 MAX_DSTATE = 256
 
@@ -39,15 +41,23 @@ def _check_bc(name, M, batch, dim, dstate, L, params, activations):
                      f"got {M.dim()}-D with shape {tuple(M.shape)}")
 
 
-# (BCLayout, PlanKey) by the arguments' launch_signature.
+# Checked by the arguments' launch_signature.
 _CHECKED = SignatureCache()
+
+
+class Checked(NamedTuple):
+    """What check_inputs found: B's and C's layout, the PlanKey of the arguments'
+    launch_signature (None while torch.compile traces), and whether the (dim,) parameters
+    need a contiguous copy (the kernels read them at unit stride)."""
+    layout: BCLayout
+    plan_key: Optional[PlanKey]
+    copy_vectors: bool
 
 
 def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                  initial_state, delta_scale, a_scale, delta_threshold, keep_idx):
     """Raises TypeError / ValueError / NotImplementedError naming the offending argument; reads
-    no tensor's values (no host synchronization). Returns (the BCLayout of B and C, the
-    PlanKey of the arguments' launch_signature, or None while torch.compile traces).
+    no tensor's values (no host synchronization). Returns what it found, as Checked.
 
     The rules look only at what launch_signature records (types, dtypes, shapes, strides,
     devices, bools), so a signature that passed once is not checked again; the launchers key
@@ -60,9 +70,13 @@ def check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_las
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
             initial_state, delta_scale, a_scale, delta_threshold, keep_idx)
     if torch.compiler.is_compiling():  # traced tensors have no data pointer to sign
-        return _check_inputs(*args), None
-    return _CHECKED.get_or_build(launch_signature(*args),
-                                 lambda: (_check_inputs(*args), PlanKey()))
+        return _checked(args, None)
+    return _CHECKED.for_args(args, lambda: _checked(args, PlanKey()))
+
+
+def _checked(args, plan_key):
+    layout, copy_vectors = _check_inputs(*args)
+    return Checked(layout, plan_key, copy_vectors)
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
@@ -129,7 +143,9 @@ def _check_inputs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_la
         if keep_idx.dim() != 2 or keep_idx.shape[0] != batch or keep_idx.shape[1] < 1:
             raise ValueError(f"keep_idx must have shape (batch, K) with batch = {batch} and K >= 1, "
                              f"got {tuple(keep_idx.shape)}")
-    return BCLayout(B_variable, C_variable, B_groups, C_groups)
+    copy_vectors = not all(x.is_contiguous() for x in (D, delta_bias, delta_scale, delta_threshold)
+                           if isinstance(x, torch.Tensor))
+    return BCLayout(B_variable, C_variable, B_groups, C_groups), copy_vectors
 
 
 def check_keep_idx_values(keep_idx, L):

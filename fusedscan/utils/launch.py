@@ -3,6 +3,12 @@ tensors, and launch plans that skip Triton's per-call launch work."""
 
 import torch
 import triton
+from torch import Tensor
+
+try:  # torch's C++ comparison of tensors' dtype, device, sizes and strides (torch.compile's guards)
+    from torch._C._dynamo.guards import TensorGuards
+except ImportError:
+    TensorGuards = None
 
 from fusedscan.utils.device import INTERPRETED
 from fusedscan.utils.kernels import LOG2E
@@ -86,14 +92,83 @@ class SignatureCache(dict):
     def __init__(self, limit=1024):
         super().__init__()
         self.limit = limit
+        # for_args' recent signatures: {the arguments' types: [SignatureGuard], latest first}.
+        self.guards = {}
 
     def get_or_build(self, key, build):
         plan = self.get(key)
         if plan is None:
             if len(self) >= self.limit:
                 self.clear()
+                self.guards.clear()
             plan = self[key] = build()
         return plan
+
+    def for_args(self, args, build, recent=8):
+        """get_or_build(launch_signature(*args), build), for a signature among the `recent` last
+        ones with the same argument types without making the signature: their tensors are
+        compared by a SignatureGuard."""
+        types = tuple(map(type, args))
+        guards = self.guards.get(types)
+        if guards:
+            for i, guard in enumerate(guards):
+                if guard.matches(args):
+                    if i:
+                        guards.insert(0, guards.pop(i))
+                    return guard.value
+        value = self.get_or_build(launch_signature(*args), build)
+        guard = SignatureGuard.of(args, value)
+        if guard is not None:
+            if len(self.guards) >= self.limit:
+                self.guards.clear()
+            guards = self.guards.setdefault(types, [])
+            guards.insert(0, guard)
+            del guards[recent:]
+        return value
+
+
+def _aligned(tensors):
+    """Which of the tensors have an address that is a multiple of 16, as bits."""
+    bits = 0
+    for i, x in enumerate(tensors):
+        if x.data_ptr() % 16 == 0:
+            bits |= 1 << i
+    return bits
+
+
+class SignatureGuard:
+    """Whether arguments of the types it was made from have its arguments' launch_signature,
+    tested without making it: the bools by identity and the tensors by torch's TensorGuards
+    (dtype, device, sizes, strides, requires_grad and dispatch keys, compared in C++) and by
+    their alignment. value: what the signature maps to."""
+
+    __slots__ = ("bools", "at", "check", "aligned", "value")
+
+    @classmethod
+    def of(cls, args, value):
+        """A guard of args (the types of every other argument are the caller's key), or None
+        where torch has no TensorGuards of this form."""
+        if TensorGuards is None:
+            return None
+        self = cls()
+        self.at = tuple(i for i, x in enumerate(args) if isinstance(x, torch.Tensor))
+        self.bools = tuple((i, x) for i, x in enumerate(args) if x is True or x is False)
+        tensors = tuple(map(args.__getitem__, self.at))
+        try:
+            self.check = TensorGuards(
+                *tensors, dynamic_dims_sizes=[list(x.shape) for x in tensors],
+                dynamic_dims_strides=[list(x.stride()) for x in tensors]).check
+        except (TypeError, RuntimeError):  # another torch's signature
+            return None
+        self.aligned, self.value = _aligned(tensors), value
+        return self
+
+    def matches(self, args):
+        for i, x in self.bools:
+            if args[i] is not x:
+                return False
+        tensors = tuple(map(args.__getitem__, self.at))
+        return self.check(*tensors) and _aligned(tensors) == self.aligned
 
 
 _stream_of = None
@@ -154,7 +229,10 @@ class LaunchPlan:
         launcher = self.launcher
         if launcher is not None and not _hooked(triton.knobs.runtime.launch_enter_hook) \
                 and not _hooked(triton.knobs.runtime.launch_exit_hook):
-            launcher(*self.grid, _current_stream(self.device), *self.head, *args, *self.static)
+            # Tensors as their addresses: the launcher would ask each for data_ptr through
+            # Python's attribute lookup and the driver for its device pointer (~0.5 µs each).
+            launcher(*self.grid, _current_stream(self.device), *self.head,
+                     *[a.data_ptr() if isinstance(a, Tensor) else a for a in args], *self.static)
             return
         c = self.launch_through_triton(*args)
         if not INTERPRETED:
