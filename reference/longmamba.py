@@ -25,15 +25,23 @@ def global_channels_ref(sequences, A, theta, aggregate="max"):
     return flags
 
 
-def channel_threshold_ref(values, S):
+def clamped_row_ref(row, fraction):
+    """One channel's calibration Δ̂ of one sequence (T values) with every value above its
+    k-th largest, k = max(1, floor(T · fraction)), lowered to it."""
+    values = [float(v) for v in row]
+    bound = sorted(values, reverse=True)[max(1, int(len(values) * fraction)) - 1]
+    return [min(v, bound) for v in values]
+
+
+def channel_threshold_ref(values, S, min_length=1):
     """Threshold of one global channel for length S from its calibration Δ̂ values, one row of
     length T per sequence: the rows sorted in decreasing order and averaged, that curve
     interpolated at S evenly spaced points, and the value where the running sum first exceeds
-    the curve's total; −inf if S <= T or it never does."""
+    the curve's total; −inf if S <= T, S < min_length or it never does."""
     rows = [sorted((float(v) for v in row), reverse=True) for row in values]
     T = len(rows[0])
     curve = [sum(r[i] for r in rows) / len(rows) for i in range(T)]
-    if S <= T:
+    if S <= T or S < min_length:
         return -math.inf
     points = np.linspace(0.0, T - 1.0, S) if T > 1 else np.zeros(S)
     stretched = np.interp(points, np.arange(T, dtype=np.float64), np.array(curve))

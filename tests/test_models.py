@@ -83,10 +83,13 @@ def method_case(lib, name, model):
         schedule = DecimationSchedule(layers=layers, L_base=12, beta=0.5, min_seq_len=4)
         return DeciMamba(schedule), no_options, schedule_select(schedule)
     if name == "longmamba":
-        # Calibrated on length-8 sequences with a theta that makes some channels global, so
-        # that at length L their thresholds are real numbers.
+        # Calibrated on length-8 sequences with a theta that makes some channels global, and
+        # filtering from length 9, so that at length L their thresholds are real numbers.
         recorder = record(model, ids(3, 8))
-        calibration = calibrate_longmamba(recorder.delta_hats, recorder.A, theta=0.05)
+        calibration = calibrate_longmamba(recorder.delta_hats, recorder.A, theta=0.05,
+                                          min_length=9)
+        assert any(torch.isfinite(calibration.delta_threshold(L, layer)).any()
+                   for layer in calibration.layers)
         assert any(g > 0 for g, _ in calibration.summary().values())
         return LongMamba(calibration), lambda layer: {
             "delta_threshold": calibration.delta_threshold(L, layer, DEVICE).double()}, \
