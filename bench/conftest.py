@@ -9,6 +9,7 @@ Without a GPU, or without mamba-ssm built (bench/mamba_ssm_cuda.py), the affecte
 skip and say why.
 """
 
+import functools
 import itertools
 import os
 import statistics
@@ -24,7 +25,7 @@ sys.path.insert(0, BENCH)
 
 import mamba_ssm_cuda  # noqa: E402
 import scan_cases  # noqa: E402
-from timing import isolated_times, write_csv  # noqa: E402
+from timing import paired_times, write_csv  # noqa: E402
 
 ROWS = []
 
@@ -49,11 +50,20 @@ def gpu(request):
 
 
 @pytest.fixture(scope="session")
-def mamba(gpu):
+def mamba_or_why(gpu):
+    """(mamba-ssm's selective_scan_fn, None), or (None, why it is not available)."""
     try:
-        return mamba_ssm_cuda.load()
+        return mamba_ssm_cuda.load(), None
     except mamba_ssm_cuda.Unavailable as e:
-        pytest.skip(f"mamba-ssm not available: {e}")
+        return None, str(e)
+
+
+@pytest.fixture(scope="session")
+def mamba(mamba_or_why):
+    fn, why = mamba_or_why
+    if fn is None:
+        pytest.skip(f"mamba-ssm not available: {why}")
+    return fn
 
 
 @pytest.fixture
@@ -81,27 +91,31 @@ def measure(benchmark, request):
 
 @pytest.fixture
 def measure_isolated(benchmark, request):
-    """measure_isolated(fn, sets, reps, **case): the wall time of one call as a model layer makes
-    it (synchronize, fn(s), synchronize), median over reps calls cycling over the input sets
-    after two warm-up calls, recorded as gpu_ms; with host=True also host_ms (call to return
-    with the queue drained: the host's own cost) and queued_ms (do_bench, calls back to back:
-    the kernels' own time)."""
-    def run(fn, sets, reps=50, host=False, **case):
+    """measure_isolated(fns, sets, reps, **case): the wall time of one call as a model layer makes
+    it (synchronize, fn(s), synchronize) for each fn of fns ({impl: fn}), median over reps calls
+    cycling over the input sets after two warm-up calls, recorded as gpu_ms, one row per impl;
+    with host=True also host_ms (call to return with the queue drained: the host's own cost)
+    and queued_ms (do_bench, calls back to back: the kernels' own time). Several fns have their
+    calls interleaved (timing.paired_times): a drift of the host's speed, which moves a call's
+    host time by tens of percent between tests, reaches them alike."""
+    def run(fns, sets, reps=50, host=False, group=None, **case):
         cycle = itertools.cycle(sets)
-        fn(next(cycle))
-        fn(next(cycle))
-        walls, hosts = isolated_times(lambda: fn(next(cycle)), reps)
-        ms = 1e3 * statistics.median(walls)
-        row = dict(case, test=request.node.name, gpu_ms=round(ms, 4), rounds=reps,
-                   input_sets=len(sets))
-        if host:
-            row["host_ms"] = round(1e3 * statistics.median(hosts), 4)
-            row["queued_ms"] = round(triton.testing.do_bench(
-                lambda: fn(next(cycle)), warmup=25, rep=100, return_mode="median"), 4)
+        calls = {}
+        for impl, fn in fns.items():
+            fn(next(cycle))
+            fn(next(cycle))
+            calls[impl] = functools.partial(lambda fn: fn(next(cycle)), fn)
+        for impl, (walls, hosts) in paired_times(calls, reps).items():
+            row = dict(group=group, impl=impl, **case, test=request.node.name,
+                       gpu_ms=round(1e3 * statistics.median(walls), 4), rounds=reps,
+                       input_sets=len(sets))
+            if host:
+                row["host_ms"] = round(1e3 * statistics.median(hosts), 4)
+                row["queued_ms"] = round(triton.testing.do_bench(
+                    calls[impl], warmup=25, rep=100, return_mode="median"), 4)
+            benchmark.extra_info[impl] = row
+            ROWS.append(row)
         benchmark.pedantic(lambda: None, rounds=1)
-        benchmark.extra_info.update(row)
-        ROWS.append(row)
-        return ms
     return run
 
 

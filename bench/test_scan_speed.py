@@ -72,19 +72,19 @@ def test_reference(gpu, measure):
 
 
 @pytest.mark.parametrize("pass_", ["forward", "forward_backward"])
-@pytest.mark.parametrize("impl", ["fusedscan", "mamba-ssm"])
 @pytest.mark.parametrize("shape", LATENCY_SHAPES, ids=shape_id)
-def test_latency(request, gpu, measure_isolated, impl, pass_, shape):
+def test_latency(mamba_or_why, measure_isolated, pass_, shape):
     """One call as a model layer makes it (bf16, Mamba's options): its wall time with the GPU
-    idle before and after, its host time, and its time back to back."""
-    if impl == "mamba-ssm":
-        fwd, fwd_bwd, _ = mamba_calls(request.getfixturevalue("mamba"))
-    else:
-        fwd, fwd_bwd = fused_forward, fused_forward_backward
+    idle before and after, its host time, and its time back to back; fusedscan's and
+    mamba-ssm's calls interleaved (fusedscan alone where mamba-ssm is not built)."""
+    mamba_fn, _ = mamba_or_why
+    calls = {"fusedscan": (fused_forward, fused_forward_backward)}
+    if mamba_fn is not None:
+        calls["mamba-ssm"] = mamba_calls(mamba_fn)[:2]
     sets = input_sets(shape, "bfloat16", requires_grad=pass_ == "forward_backward")
-    measure_isolated(fwd if pass_ == "forward" else fwd_bwd, sets, reps=200, host=True,
-                     group="latency", impl=impl, pass_=pass_, dtype="bfloat16",
-                     shape=shape_id(shape))
+    measure_isolated({impl: fns[pass_ == "forward_backward"] for impl, fns in calls.items()},
+                     sets, reps=200, host=True, group="latency", pass_=pass_,
+                     dtype="bfloat16", shape=shape_id(shape))
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,6 @@ def test_model(models, measure_isolated, impl, length):
     """Prefill of one prompt through the backbone, mamba-130m shape, bf16: mamba-ssm's own
     model, the same model patched (no method, DeciMamba) and Hugging Face's model patched."""
     sets = [model_cases.tokens(length, seed) for seed in range(2)]
-    measure_isolated(lambda x: model_cases.backbone_forward(models[impl], x), sets,
-                     reps=20 if length <= 8192 else 5, group="model", impl=impl, pass_="forward",
+    measure_isolated({impl: lambda x: model_cases.backbone_forward(models[impl], x)}, sets,
+                     reps=20 if length <= 8192 else 5, group="model", pass_="forward",
                      dtype="bfloat16", shape=f"1x{length}")

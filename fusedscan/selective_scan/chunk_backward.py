@@ -943,9 +943,9 @@ class BackwardPlan(NamedTuple):
     sums: LaunchPlan
     work_size: int
     sums_width: int
-    # Where the sums kernel's per-channel output holds dA (dim, N), dB and dC (dim, N) when
-    # fixed (else None), dD, ddelta_bias and ddelta_scale (dim each).
-    sums_at: tuple
+    # The sums kernel's per-channel output in consecutive parts: dA (dim · N), dB and dC
+    # (dim · N) when fixed, then dD, ddelta_bias and ddelta_scale (dim each).
+    sums_split: tuple
     dB_shape: tuple  # the sums kernel's dB: B's shape with K positions, or None when fixed
     dC_shape: tuple
 
@@ -1017,7 +1017,7 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     fixed_dB = None if layout.B_variable else size
     fixed_dC = None if layout.C_variable else size + (fixed_dB or 0)
     chan = size * (1 + (fixed_dB is not None) + (fixed_dC is not None))  # bwd_main_kernel's NSUMS
-    sums_at = (0, fixed_dB, fixed_dC, chan, chan + dim, chan + 2 * dim)
+    sums_split = (*[size] * (chan // size), dim, dim, dim)
     sums_width = chan + 3 * dim
     sums_row = -(-sums_width // 16) * 16
     bc_size = batch * n_dblocks * dstate * nvisit
@@ -1091,7 +1091,7 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         bc_width=bc_width, bc_blocks=bc_blocks, start_B=start_B, start_C=start_C,
         BLOCK=SUMS_BLOCK, num_warps=4)
 
-    return BackwardPlan(aggregates, main, sums, work_size, sums_width, sums_at,
+    return BackwardPlan(aggregates, main, sums, work_size, sums_width, sums_split,
                         (*B.shape[:-1], nvisit) if layout.B_variable else None,
                         (*C.shape[:-1], nvisit) if layout.C_variable else None)
 
@@ -1105,8 +1105,8 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     the main kernel, tile positions per tile, block_t positions per segment, range_length per
     program, group states per unrolled group, maxnreg registers per thread), worked out once
     per signature of the inputs. plan_key: a key that determines
-    that signature (the forward's plan key with the launch_signature of dout and dlast),
-    saving the backward its own.
+    that signature (the forward's plan key with what varies in dout and dlast), saving the
+    backward its own.
 
     Returns the gradients of GRAD_INPUTS (u, delta, A, B, C, D, z, delta_bias, initial_state,
     delta_scale, a_scale), each in its input's dtype and shape, None for an absent input or a
@@ -1149,27 +1149,25 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     # 2. Everything else. With keep_idx only the kept positions of du, ddelta and dz are
     # written; the rest of the gradient is zero.
     grad_like = torch.zeros_like if keep_idx is not None else torch.empty_like
-    du, ddelta = (grad_like(x, memory_format=torch.contiguous_format) for x in (u, delta))
+    du = grad_like(u, memory_format=torch.contiguous_format)
+    ddelta = grad_like(delta, memory_format=torch.contiguous_format)
     dz = grad_like(z, memory_format=torch.contiguous_format) if z is not None else None
     plan.main(u, delta, A, main_B, main_C, opts.D, z, *optional, dout, chunk_states, work, du,
               ddelta, dz, dh0, delta_mult, a_mult)
 
-    # 3. The sums over the programs, in a fixed order: the per-channel ones into views of one
+    # 3. The sums over the programs, in a fixed order: the per-channel ones into parts of one
     # buffer, the variable dB and dC in their dtypes.
     sums = A.new_empty(plan.sums_width)
     dB = B.new_empty(plan.dB_shape) if plan.dB_shape else None
     dC = C.new_empty(plan.dC_shape) if plan.dC_shape else None
     plan.sums(work, sums, dB, dC)
 
-    dim, dstate = A.shape
-    _, fixed_dB, fixed_dC, *chan = plan.sums_at
-    dA_eff = sums.as_strided((dim, dstate), (dstate, 1))
-    dB = (sums.as_strided((dim, dstate), (dstate, 1), fixed_dB) if dB is None
-          else _scattered(dB, B, keep_idx))
-    dC = (sums.as_strided((dim, dstate), (dstate, 1), fixed_dC) if dC is None
-          else _scattered(dC, C, keep_idx))
-    dD, dbias, dscale = (sums.as_strided((dim,), (1,), at) if x is not None else None
-                         for at, x in zip(chan, (opts.D, opts.delta_bias, delta_scale)))
+    parts = iter(sums.split_with_sizes(plan.sums_split))
+    dA_eff = next(parts).view(A.shape)
+    dB = next(parts).view(A.shape) if dB is None else _scattered(dB, B, keep_idx)
+    dC = next(parts).view(A.shape) if dC is None else _scattered(dC, C, keep_idx)
+    dD, dbias, dscale = (part if x is not None else None
+                         for part, x in zip(parts, (opts.D, opts.delta_bias, delta_scale)))
     grad_A = dA_eff  # ∂L/∂A = ∂L/∂A_eff · a_scale
     if a_scale is not None:
         grad_A = dA_eff * a_scale

@@ -1,5 +1,6 @@
 """selective_scan_ext: the public function, its autograd, and the custom ops torch.compile sees."""
 
+from operator import itemgetter
 from typing import Optional
 
 import torch
@@ -42,14 +43,24 @@ def _zero_dout(dout, u, opts):
     return u.new_zeros((*u.shape[:2], opts.visited or u.shape[2]))
 
 
-# A PlanKey per launch_signature of the output gradients (dout, dlast).
+# A PlanKey per launch_signature of the output gradients (dout, dlast) where there is a dlast.
 _GRAD_KEYS = SignatureCache()
 
 
-# Where the backward launcher's gradients (GRAD_INPUTS) go among SelectiveScanFunction's inputs.
+def _grad_key(dout, dlast):
+    """What the backward's launch plans depend on in the output gradients. Autograd hands dout
+    over in out's dtype, shape and device: without dlast only its strides and alignment vary."""
+    if dlast is None:
+        return dout.stride(), dout.data_ptr() % 16 == 0
+    return _GRAD_KEYS.for_args((dout, dlast), PlanKey)
+
+
+# SelectiveScanFunction's inputs' gradients from the backward launcher's (GRAD_INPUTS), with a
+# None appended for the inputs that have none.
 _FUNCTION_INPUTS = ("u", "delta", "A", "B", "C", "layout", "plan_key", "return_last_state",
                     *ScanOptions._fields)
-_GRAD_SLOTS = tuple(_FUNCTION_INPUTS.index(k) for k in GRAD_INPUTS)
+_function_grads = itemgetter(*(GRAD_INPUTS.index(k) if k in GRAD_INPUTS else len(GRAD_INPUTS)
+                               for k in _FUNCTION_INPUTS))
 
 
 class SelectiveScanFunction(torch.autograd.Function):
@@ -72,13 +83,9 @@ class SelectiveScanFunction(torch.autograd.Function):
         u, delta, A, B, C, opts, layout, chunk_states = _saved(ctx)
         dout = _zero_dout(dout, u, opts)
         # The forward's key fixes everything of the backward's plan but the output gradients.
-        plan_key = None if ctx.plan_key is None else (
-            ctx.plan_key, _GRAD_KEYS.for_args((dout, dlast), PlanKey))
-        grads = [None] * len(_FUNCTION_INPUTS)
-        for slot, grad in zip(_GRAD_SLOTS, selective_scan_bwd(
-                dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, plan_key=plan_key)):
-            grads[slot] = grad
-        return tuple(grads)
+        plan_key = None if ctx.plan_key is None else (ctx.plan_key, _grad_key(dout, dlast))
+        return _function_grads((*selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout,
+                                                    chunk_states, plan_key=plan_key), None))
 
 
 # The scan as two torch custom ops, so that torch.compile sees it as one opaque node (no graph
