@@ -8,6 +8,7 @@ fusedscan is imported).
 """
 
 import argparse
+import importlib
 import os
 import sys
 import textwrap
@@ -115,6 +116,18 @@ def state_error(state, ref_state, ref_peak):
     return ((state.double() - ref_state).norm() / ref_peak.norm().clamp_min(1e-30)).item()
 
 
+def reference():
+    """The float64 references: fusedscan.reference where fusedscan is installed (the
+    repository's reference/ folder, installed under fusedscan's name), the folder itself in a
+    checkout used through PYTHONPATH."""
+    try:
+        return importlib.import_module("fusedscan.reference")
+    except ModuleNotFoundError as e:
+        if e.name != "fusedscan.reference":
+            raise
+        return importlib.import_module("reference")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = _parse(argv)
@@ -122,7 +135,9 @@ def main(argv=None):
         os.execve(sys.executable, [sys.executable, "-m", "fusedscan", *argv],
                   dict(os.environ, TRITON_INTERPRET="1"))
     from fusedscan import selective_scan_ext
-    from reference import forward_tolerance, grad_tolerance, scan_inputs, selective_scan_ref
+    ref = reference()
+    forward_tolerance, grad_tolerance = ref.forward_tolerance, ref.grad_tolerance
+    scan_inputs, selective_scan_ref = ref.scan_inputs, ref.selective_scan_ref
 
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"

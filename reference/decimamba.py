@@ -2,7 +2,7 @@
 
 import torch
 
-from reference.selective_scan import delta_hat
+from .selective_scan import delta_hat
 
 
 def decimation_scores_ref(delta, delta_bias=None, delta_softplus=True):

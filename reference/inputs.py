@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from reference.selective_scan import delta_hat
+from .selective_scan import delta_hat
 
 
 def make_bc(kind, batch, dim, dstate, L, dtype, groups=2, device="cpu"):

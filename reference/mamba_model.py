@@ -8,7 +8,7 @@ do). The residual stream is h ← h + mixer(norm(h)) after the embedding."""
 import torch
 import torch.nn.functional as F
 
-from reference.selective_scan import selective_scan_ref
+from .selective_scan import selective_scan_ref
 
 
 def mixer_ref(mixer, hidden, dt_rank, N, options, select):

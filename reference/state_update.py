@@ -1,6 +1,6 @@
 """Reference for ``fusedscan.selective_state_update_ext``: one step of the sequential scan."""
 
-from reference.selective_scan import selective_scan_ref
+from .selective_scan import selective_scan_ref
 
 
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
