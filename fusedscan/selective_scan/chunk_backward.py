@@ -510,8 +510,9 @@ def _bwd_tile(
 ):
     """Second pass over tile k of a segment: stores du, ddelta, dz. One group: carries Gs and the
     accumulators dAs (dBs, dCs when fixed) in registers and returns them; several: through the
-    program's scratch, the loop over the groups pipelined as in _state_tile. Also returns the tile's sums per channel of dy·u (dD), ∂L/∂(delta + bias)
-    (ddelta_bias) and ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
+    program's scratch, the loop over the groups pipelined as in _state_tile. Also returns the
+    tile's sums per channel of dy·u (dD), ∂L/∂(delta + bias) (ddelta_bias) and
+    ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
     ACC = D.dtype
     j, pos, col_ok, col_mask, _ = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
                                                 seqlen, MASK_T, HAS_KEEP_IDX)
