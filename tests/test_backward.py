@@ -208,19 +208,6 @@ def test_channel_blocks(groups, block_d, group):
                      tile=TILE)
 
 
-@pytest.mark.parametrize("stages", [2, 3] if ON_GPU else [2])
-def test_pipelined_state_groups(stages):
-    """The main backward kernel's loops over state groups software-pipelined (on a GPU the next
-    groups' kept states, carries, accumulators, A, B and C copied ahead into shared memory while
-    a group computes; those slots are written by the same thread a group earlier or a tile
-    earlier), with several groups, odd lengths, kept positions and an initial state."""
-    batch, dim, _, _ = SHAPE
-    L = 2 * CHUNK_SIZE + 3
-    args, kwargs = make_case(batch, dim, L, 7, initial_state=True, delta_threshold=True,
-                             a_scale="dim_n", keep=L - 5)
-    check_bwd_launch(args, kwargs, BCLayout(), group=2, stages=stages, tile=TILE)
-
-
 WHOLE_WARP_CASES = [(1, "variable", "variable"), (2, "variable", "fixed"),
                     (3, "grouped", "variable"), (4, "variable", "grouped")]
 

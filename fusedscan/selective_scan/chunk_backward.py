@@ -345,12 +345,10 @@ def _state_tile(
     stride_B_n, stride_B_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, dstate,
     nslot, n_groups,
     BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr,
-    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr, STAGES: tl.constexpr,
+    HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
 ):
     """First pass over tile k of a segment: keeps the states entering it in slot k. One group:
-    from the register carries hs, returning those after the tile; several: slot k → k + 1, the
-    loop over the groups software-pipelined in STAGES stages (the next groups' loads copied to
-    shared memory while this one computes; 1: not pipelined)."""
+    from the register carries hs, returning those after the tile; several: slot k → k + 1."""
     j, pos, col_ok, col_mask, dt, dtu, y, bc_offs_B, bc_offs, is_first, is_last = tile_inputs(
         j0, j_hi, seqlen, rows, cols, u_rows, delta_rows, keep_row, stride_u_l, stride_delta_l,
         stride_keep_k, stride_B_l, stride_B_l, delta_bias, delta_scale, delta_threshold, D, flags,
@@ -361,7 +359,7 @@ def _state_tile(
                             is_first, is_last, B_src, stride_B_n, B_src, stride_B_n, NG, False,
                             MASK_T, B_VARIABLE, B_VARIABLE, True)
     else:
-        for g in tl.range(n_groups, num_stages=STAGES):
+        for g in range(n_groups):
             n0 = g * NG
             As_g = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
                            dstate, row_ok, NG)
@@ -506,13 +504,12 @@ def _bwd_tile(
     dB_base, dC_base, stride_dBC_n, dstate, nslot, n_groups,
     BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
-    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr, STAGES: tl.constexpr,
+    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr,
 ):
     """Second pass over tile k of a segment: stores du, ddelta, dz. One group: carries Gs and the
     accumulators dAs (dBs, dCs when fixed) in registers and returns them; several: through the
-    program's scratch, the loop over the groups pipelined as in _state_tile. Also returns the
-    tile's sums per channel of dy·u (dD), ∂L/∂(delta + bias) (ddelta_bias) and
-    ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
+    program's scratch. Also returns the tile's sums per channel of dy·u (dD), ∂L/∂(delta + bias)
+    (ddelta_bias) and ∂L/∂Δ̂·(Δ̂ before scaling) (ddelta_scale)."""
     ACC = D.dtype
     j, pos, col_ok, col_mask, _ = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
                                                 seqlen, MASK_T, HAS_KEEP_IDX)
@@ -554,7 +551,7 @@ def _bwd_tile(
         if not C_VARIABLE:
             dCs = _added(dCs, tile_dC, NG)
     else:
-        for g in tl.range(n_groups, num_stages=STAGES):
+        for g in range(n_groups):
             n0 = g * NG
             hs_g, Gs_g, As_g, dA_g, Bs_g, Cs_g = _group_inputs(
                 n0, k, dstate, slot_rows, gslot_rows, acc_rows, nslot, row_ok, A_rows, stride_A_n,
@@ -626,7 +623,6 @@ def bwd_main_kernel(
     SEG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
     MULTI_GROUP: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
     B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr,
-    STAGES: tl.constexpr,
 ):
     """Grid (batch · n_dblocks, n_ranges). One program owns BLOCK_D channels (one row per thread,
     BLOCK_T positions in its registers, as in the forward kernel) and one range of visited
@@ -767,14 +763,14 @@ def bwd_main_kernel(
                 delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k, A_rows,
                 stride_A_n, a_scale_rows, stride_as_n, a_mult, B_src, stride_B_n, stride_B_l,
                 delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, dstate, nslot,
-                n_groups, BLOCK_T, NG, MULTI_GROUP, False, HAS_KEEP_IDX, B_VARIABLE, STAGES)
+                n_groups, BLOCK_T, NG, MULTI_GROUP, False, HAS_KEEP_IDX, B_VARIABLE)
         if partial:
             hs = _state_tile(
                 n_full, s0 + n_full * BLOCK_T, s_hi, seqlen, hs, As, rows, row_ok, cols, u_rows,
                 delta_rows, keep_row, stride_u_l, stride_delta_l, stride_keep_k, A_rows,
                 stride_A_n, a_scale_rows, stride_as_n, a_mult, B_src, stride_B_n, stride_B_l,
                 delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, dstate, nslot,
-                n_groups, BLOCK_T, NG, MULTI_GROUP, True, HAS_KEEP_IDX, B_VARIABLE, STAGES)
+                n_groups, BLOCK_T, NG, MULTI_GROUP, True, HAS_KEEP_IDX, B_VARIABLE)
 
         if MULTI_GROUP:
             Gs = ()
@@ -790,7 +786,7 @@ def bwd_main_kernel(
                 stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
                 gslot_rows, acc_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
                 n_groups, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
-                C_VARIABLE, WARP_SUMS, STAGES)
+                C_VARIABLE, WARP_SUMS)
             sum_dD += t_dD
             sum_dbias += t_dbias
             sum_dscale += t_dscale
@@ -805,7 +801,7 @@ def bwd_main_kernel(
                 stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
                 gslot_rows, acc_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
                 n_groups, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z,
-                HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE, WARP_SUMS, STAGES)
+                HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE, WARP_SUMS)
             sum_dD += t_dD
             sum_dbias += t_dbias
             sum_dscale += t_dscale
@@ -967,8 +963,8 @@ def _regions(*sizes):
 def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, tuning):
     """The BackwardPlan of selective_scan_bwd for these inputs (main_B, main_C: B and C as the
     main kernel reads them, by visited index) and tuning (chunk_size, block_d, block_t,
-    range_length, tile, num_warps, group, maxnreg, stages)."""
-    chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg, stages = tuning
+    range_length, tile, num_warps, group, maxnreg)."""
+    chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg = tuning
     batch, dim, L = u.shape
     dstate = A.shape[1]
     keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
@@ -1081,8 +1077,7 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         **dict(zip(("stride_dz_b", "stride_dz_d", "stride_dz_l"),
                    contiguous_strides(z.shape) if z is not None else (0, 0, 0))),
         SEG=block_t, BLOCK_D=block_d, BLOCK_T=tile, NG=group, MULTI_GROUP=main_groups > 1,
-        HAS_Z=z is not None, WARP_SUMS=block_d == 32 * num_warps, STAGES=stages or 1,
-        num_warps=num_warps, **consts,
+        HAS_Z=z is not None, WARP_SUMS=block_d == 32 * num_warps, num_warps=num_warps, **consts,
         **({"maxnreg": maxnreg} if maxnreg else {}))
     bc_width = dstate * nvisit
     bc_blocks = triton.cdiv(bc_width, SUMS_BLOCK)
@@ -1103,14 +1098,12 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
 
 def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, *,
                        chunk_size=None, block_d=None, block_t=None, range_length=None,
-                       tile=None, num_warps=4, group=None, maxnreg=None, stages=None,
-                       plan_key=None):
+                       tile=None, num_warps=4, group=None, maxnreg=None, plan_key=None):
     """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
     chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None;
     the keywords force a launch configuration (block_d channels and num_warps per program of
     the main kernel, tile positions per tile, block_t positions per segment, range_length per
-    program, group states per unrolled group, maxnreg registers per thread, stages the
-    software-pipelining stages of the loops over state groups, default 1: none), worked out once
+    program, group states per unrolled group, maxnreg registers per thread), worked out once
     per signature of the inputs. plan_key: a key that determines
     that signature (the forward's plan key with what varies in dout and dlast), saving the
     backward its own.
@@ -1125,15 +1118,14 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
                                       chunk_size=chunk_size, block_d=block_d, block_t=block_t,
                                       range_length=range_length, tile=tile,
                                       num_warps=num_warps, group=group, maxnreg=maxnreg,
-                                      stages=stages, plan_key=plan_key)
+                                      plan_key=plan_key)
     keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
     # The main kernel reads variable B and C by visited index, like the forward kernel.
     main_B, main_C = B, C
     if keep_idx is not None:
         main_B, main_C = (kept_bc(M, keep_idx, u.shape[2]) if variable else M
                           for M, variable in ((B, layout.B_variable), (C, layout.C_variable)))
-    tuning = (chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg,
-              stages)
+    tuning = (chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg)
     if plan_key is None:
         plan_key = launch_signature(dout, dlast, u, delta, A, B, C, chunk_states, *opts)
     plan = BACKWARD_PLANS.get_or_build(
