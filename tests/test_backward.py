@@ -213,16 +213,18 @@ WHOLE_WARP_CASES = [(1, "variable", "variable"), (2, "variable", "fixed"),
 
 
 # The interpreter: one warp, one batch row, two of the cases (its time grows with the 32
-# channels).
+# channels), each with the warps' sums exchanged per group or per tile.
 @pytest.mark.parametrize("num_warps", [1, 2, 4, 8] if ON_GPU else [1])
 @pytest.mark.parametrize("tile", [1, 4, 8, 16] if ON_GPU else [4])
-@pytest.mark.parametrize("group,B_kind,C_kind",
-                         WHOLE_WARP_CASES if ON_GPU else WHOLE_WARP_CASES[1:3])
-def test_channel_blocks_of_whole_warps(num_warps, tile, group, B_kind, C_kind):
+@pytest.mark.parametrize("group,B_kind,C_kind,sums_per_tile",
+                         [(*case, per_tile) for case in WHOLE_WARP_CASES for per_tile in (0, 1)]
+                         if ON_GPU else [(*WHOLE_WARP_CASES[1], 0), (*WHOLE_WARP_CASES[2], 1)])
+def test_channel_blocks_of_whole_warps(num_warps, tile, group, B_kind, C_kind, sums_per_tile):
     """32 channels per warp, as the main kernel's default on a GPU: the sums over the block's
     channels of variable dB and dC go through warp_sums (shuffles between a warp's lanes), of
     every count of states and positions per tile, for several channel blocks per B/C group and
-    a partial last block. (The interpreter runs the same steps, one warp.)"""
+    a partial last block, the warps' sums added per group of states or once per tile from the
+    program's scratch. (The interpreter runs the same steps, one warp.)"""
     batch, _, L, _ = SHAPE if ON_GPU else (1, None, 3 * BWD_BLOCK_T + 1, None)
     # A block must not straddle two groups of B or C: whole blocks there.
     grouped = "grouped" in (B_kind, C_kind)
@@ -233,7 +235,7 @@ def test_channel_blocks_of_whole_warps(num_warps, tile, group, B_kind, C_kind):
                       B_groups=args[3].shape[1] if B_kind == "grouped" else 1,
                       C_groups=args[4].shape[1] if C_kind == "grouped" else 1)
     check_bwd_launch(args, kwargs, layout, block_d=32 * num_warps, num_warps=num_warps,
-                     group=group, tile=tile)
+                     group=group, tile=tile, sums_per_tile=bool(sums_per_tile))
 
 
 def test_gradient_through_last_state_only():

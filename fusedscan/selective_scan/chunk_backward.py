@@ -31,8 +31,9 @@ The first two kernels take the forward kernel's layout: one channel row per thre
    sums through the scratch when there are several. The sums over positions (dA, dD,
    ddelta_bias, ddelta_scale, fixed dB and dC) are per-channel registers of the program; the
    sums over channels (variable dB, dC) are reduced over the program's block (with blocks of
-   whole warps, all of a group's states and positions at once by warp_sums) and stored per
-   block.
+   whole warps, all of a group's states and positions at once by warp_sums within each warp,
+   then between the warps per group or, for 16-bit inputs, once per tile through the scratch)
+   and stored per block.
 3. `bwd_sums_kernel` sums those partial sums over the programs in a fixed order, casting the
    variable dB and dC to their dtypes: no atomics, the gradients are the same, bit for bit, on
    every run.
@@ -407,6 +408,19 @@ def _group_inputs(n0, k, dstate, slot_rows, gslot_rows, acc_rows, nslot, row_ok,
 
 
 @triton.jit
+def _bc_sum_at(lab, n0, dB_base, dC_base, stride_dBC_n, j0, T: tl.constexpr,
+               B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr):
+    """Where the sum labelled `lab` goes (label n·NVAR·T + v·T + column for state n0 + n, v = 0
+    for the first variable one of (dB, dC), 1 for dC when both are), and its state and column."""
+    NVAR: tl.constexpr = 2 if B_VARIABLE and C_VARIABLE else 1
+    first = dB_base if B_VARIABLE else dC_base
+    col = lab % T
+    n = n0 + lab // (T * NVAR)
+    at = tl.where((lab // T) % NVAR == 1, dC_base, first) + n * stride_dBC_n + j0 + col
+    return at, n, col
+
+
+@triton.jit
 def _store_bc_sums(tiles, n0, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
                    B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr):
     """Stores the sums over the program's channels of a tile's per-channel terms of dB and dC
@@ -418,29 +432,61 @@ def _store_bc_sums(tiles, n0, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
     T: tl.constexpr = tiles[0].shape[1]
     shares = warp_sums(tiles, NVAR - 1)
     labs, dup = lane_labels(len(tiles) * NVAR, T)
-    first = dB_base if B_VARIABLE else dC_base
     for e in tl.static_range(len(shares)):
         total = warps_total(shares[e], tiles[0].shape[0])
         lab = labs[e]
-        col = lab % T
-        n = n0 + lab // (T * NVAR)
-        at = tl.where((lab // T) % NVAR == 1, dC_base, first) + n * stride_dBC_n + j0 + col
+        at, n, col = _bc_sum_at(lab, n0, dB_base, dC_base, stride_dBC_n, j0, T, B_VARIABLE,
+                                C_VARIABLE)
         tl.store(at, total, mask=(lab >= 0) & (dup == 0) & (n < dstate) & (j0 + col < j_hi))
+
+
+@triton.jit
+def _keep_warp_bc_sums(tiles, n0, wsum_at, n_labels, NVAR: tl.constexpr):
+    """_store_bc_sums up to the exchange between warps: each warp's sums over its 32 channels go
+    to the program's scratch at wsum_at, a row of n_labels per warp, at their label plus
+    n0·NVAR·T (_bc_sum_at's labels for the whole tile); _store_kept_bc_sums finishes them."""
+    ROWS: tl.constexpr = tiles[0].shape[0]
+    T: tl.constexpr = tiles[0].shape[1]
+    shares = warp_sums(tiles, NVAR - 1)
+    labs, dup = lane_labels(len(tiles) * NVAR, T, ROWS)
+    warp = (tl.arange(0, ROWS) // 32)[:, None]
+    for e in tl.static_range(len(shares)):
+        lab = labs[e]
+        tl.store(wsum_at + warp * n_labels + n0 * NVAR * T + lab, shares[e],
+                 mask=(lab >= 0) & (dup == 0))
+
+
+@triton.jit
+def _store_kept_bc_sums(wsum_at, n_labels, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
+                        T: tl.constexpr, BLOCK_D: tl.constexpr, B_VARIABLE: tl.constexpr,
+                        C_VARIABLE: tl.constexpr):
+    """The sums over the program's channels of a tile's dB and dC terms, after a barrier: the
+    BLOCK_D // 32 warps' sums that _keep_warp_bc_sums kept, added in a fixed order."""
+    for l0 in range(0, n_labels, BLOCK_D):
+        lab = l0 + tl.arange(0, BLOCK_D)
+        ok = lab < n_labels
+        total = tl.load(wsum_at + lab, mask=ok, other=0.0)
+        for w in tl.static_range(1, BLOCK_D // 32):
+            total += tl.load(wsum_at + w * n_labels + lab, mask=ok, other=0.0)
+        at, n, col = _bc_sum_at(lab, 0, dB_base, dC_base, stride_dBC_n, j0, T, B_VARIABLE,
+                                C_VARIABLE)
+        tl.store(at, total, mask=ok & (n < dstate) & (j0 + col < j_hi))
 
 
 @triton.jit
 def _bwd_states(
     hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first, is_last,
-    n0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n,
+    n0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n, wsum_at, n_labels,
     NG: tl.constexpr, MULTI_GROUP: tl.constexpr, B_VARIABLE: tl.constexpr,
-    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr,
+    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr, SUMS_PER_TILE: tl.constexpr,
 ):
     """States n0 .. n0+NG-1 of one tile: rescans h from the states hs entering the tile, runs
     the reverse scan for g from the gradients Gs entering it from the right, adds their terms
     to y, du and ddt and stores the tile's sums over the block's channels of dB and dC when
-    variable: with WARP_SUMS all of the group's together (_store_bc_sums), else per state as
-    row 0 of a [BLOCK_D, BLOCK_T] tile (which keeps the tile's register layout). Returns the
-    gradients entering the tile's first position, the tile's sums over positions of ∂L/∂A_eff
+    variable: with WARP_SUMS all of the group's together (_store_bc_sums; with SUMS_PER_TILE
+    only each warp's, at wsum_at, _keep_warp_bc_sums), else per state as row 0 of a
+    [BLOCK_D, BLOCK_T] tile (which keeps the tile's register layout). Returns the gradients
+    entering the tile's first position, the tile's sums over positions of ∂L/∂A_eff
     (and of dB, dC when fixed), y, du and ddt. A padding state (n ≥ N) has
     A = B = C = 0 and adds nothing."""
     new_Gs = ()
@@ -487,7 +533,9 @@ def _bwd_states(
             bc_tiles = bc_tiles + (gdt * u,)
         elif WARP_SUMS and C_VARIABLE:
             bc_tiles = bc_tiles + (dy * h,)
-    if WARP_SUMS and (B_VARIABLE or C_VARIABLE):
+    if WARP_SUMS and SUMS_PER_TILE and (B_VARIABLE or C_VARIABLE):
+        _keep_warp_bc_sums(bc_tiles, n0, wsum_at, n_labels, 2 if B_VARIABLE and C_VARIABLE else 1)
+    elif WARP_SUMS and (B_VARIABLE or C_VARIABLE):
         _store_bc_sums(bc_tiles, n0, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
                        B_VARIABLE, C_VARIABLE)
     return new_Gs, dAs, dBs, dCs, y, du, ddt
@@ -501,10 +549,10 @@ def _bwd_tile(
     A_rows, stride_A_n, a_scale_rows, stride_as_n, a_mult,
     B_src, stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l,
     delta_bias, delta_scale, delta_threshold, D, flags, slot_rows, gslot_rows, acc_rows,
-    dB_base, dC_base, stride_dBC_n, dstate, nslot, n_groups,
+    wsum_base, dB_base, dC_base, stride_dBC_n, dstate, nslot, n_groups,
     BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
-    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr,
+    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr, SUMS_PER_TILE: tl.constexpr,
 ):
     """Second pass over tile k of a segment: stores du, ddelta, dz. One group: carries Gs and the
     accumulators dAs (dBs, dCs when fixed) in registers and returns them; several: through the
@@ -537,14 +585,19 @@ def _bwd_tile(
     dC_at = dC_base + zero_rows + j[None, :] if C_VARIABLE else dC_base
     is_first = (cols == 0)[None, :]
     is_last = (cols == BLOCK_T - 1)[None, :]
+    # The warps' sums of variable dB and dC (SUMS_PER_TILE), in two buffers by the tile's
+    # parity: a thread may store the next tile's while another still reads this one's.
+    NVAR: tl.constexpr = B_VARIABLE + C_VARIABLE
+    n_labels = nslot * NVAR * BLOCK_T
+    wsum_at = wsum_base + (k % 2) * (rows.shape[0] // 32) * n_labels
     if not MULTI_GROUP:
         hs = _row_states(slot_rows, k, 0, nslot, row_ok, NG)
         Bs, Cs = _bc_tiles(0, dstate, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
                            row_ok, col_mask, ACC, NG, MASK_T, B_VARIABLE, C_VARIABLE)
         Gs, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
             hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first,
-            is_last, 0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n, NG,
-            False, B_VARIABLE, C_VARIABLE, WARP_SUMS)
+            is_last, 0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n,
+            wsum_at, n_labels, NG, False, B_VARIABLE, C_VARIABLE, WARP_SUMS, SUMS_PER_TILE)
         dAs = _added(dAs, tile_dA, NG)
         if not B_VARIABLE:
             dBs = _added(dBs, tile_dB, NG)
@@ -560,7 +613,8 @@ def _bwd_tile(
             Gs_g, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
                 hs_g, Gs_g, As_g, Bs_g, Cs_g, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask,
                 is_first, is_last, n0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at,
-                stride_dBC_n, NG, True, B_VARIABLE, C_VARIABLE, WARP_SUMS)
+                stride_dBC_n, wsum_at, n_labels, NG, True, B_VARIABLE, C_VARIABLE, WARP_SUMS,
+                SUMS_PER_TILE)
             _store_slot(gslot_rows, 0, n0, nslot, Gs_g, NG)
             _store_slot(acc_rows, 0, n0, nslot, _added(dA_g, tile_dA, NG), NG)
             if not B_VARIABLE:
@@ -569,7 +623,12 @@ def _bwd_tile(
             if not C_VARIABLE:
                 _store_slot(acc_rows, 2, n0, nslot,
                             _added(_slot_states(acc_rows, 2, n0, nslot, NG), tile_dC, NG), NG)
+    KEPT_SUMS: tl.constexpr = WARP_SUMS and SUMS_PER_TILE and NVAR > 0
+    if MULTI_GROUP or KEPT_SUMS:
         tl.debug_barrier()
+    if KEPT_SUMS:
+        _store_kept_bc_sums(wsum_at, n_labels, dstate, j0, j_hi, dB_base, dC_base,
+                            stride_dBC_n, BLOCK_T, rows.shape[0], B_VARIABLE, C_VARIABLE)
 
     store_mask = row_ok[:, None] & col_ok[None, :]
     # What only the stores need is loaded again here rather than kept live across the states.
@@ -623,6 +682,7 @@ def bwd_main_kernel(
     SEG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
     MULTI_GROUP: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
     B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr,
+    SUMS_PER_TILE: tl.constexpr,
 ):
     """Grid (batch · n_dblocks, n_ranges). One program owns BLOCK_D channels (one row per thread,
     BLOCK_T positions in its registers, as in the forward kernel) and one range of visited
@@ -632,9 +692,10 @@ def bwd_main_kernel(
     range aggregates. Per segment, a first pass from the segment's start state keeps the state
     entering every tile in the program's scratch (per_program floats: SEG / BLOCK_T + 1 slots of
     n_groups · NG states, then, with MULTI_GROUP, the gradient carries, the accumulators and the
-    range's carries); a second pass walks the tiles backwards from the gradient entering the
-    segment (kernel 1's, with the range's carries folded in), rescanning each tile from its kept
-    state. Writes du, ddelta, dz at the visited positions; with an initial state (range 0's
+    range's carries, then with WARP_SUMS and SUMS_PER_TILE each warp's sums of variable dB and
+    dC for two tiles, exchanged between the warps once per tile rather than once per group);
+    a second pass walks the tiles backwards from the gradient entering the segment (kernel 1's,
+    with the range's carries folded in), rescanning each tile from its kept state. Writes du, ddelta, dz at the visited positions; with an initial state (range 0's
     programs) dh0; into the workspace work_ptr (off_* its regions) a row of sums_row partial
     sums over its positions (at off_sums, rows batch · n_ranges): dA (dim, N), dB and dC
     (dim, N) when fixed, then the sums for dD, ddelta_bias and ddelta_scale (dim each); and
@@ -677,11 +738,12 @@ def bwd_main_kernel(
     dC_base = (work_ptr + off_dC + dBC_base if C_VARIABLE
                else sums_at + off_dC + rows64 * dstate)
     nslot = n_groups * NG
-    slot_rows = (work_ptr + off_scratch + (pid.to(tl.int64) * n_ranges + r) * per_program
-                 + tl.arange(0, BLOCK_D))
+    scratch = work_ptr + off_scratch + (pid.to(tl.int64) * n_ranges + r) * per_program
+    slot_rows = scratch + tl.arange(0, BLOCK_D)
     gslot_rows = slot_rows + (SEG // BLOCK_T + 1) * nslot * BLOCK_D
     acc_rows = gslot_rows + nslot * BLOCK_D
     xslot_rows = acc_rows + 3 * nslot * BLOCK_D
+    wsum_base = scratch + (SEG // BLOCK_T + 1 + 5 * MULTI_GROUP) * nslot * BLOCK_D
     decay_rows = work_ptr + off_seg_decay + b * n_gtiles * dim + rows64
     dh0_here = (r == 0) & ((flags & FLAG_INITIAL_STATE) != 0)
 
@@ -784,9 +846,10 @@ def bwd_main_kernel(
                 stride_ddelta_l, stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows,
                 stride_as_n, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
                 stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
-                gslot_rows, acc_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
+                gslot_rows, acc_rows, wsum_base, dB_base, dC_base, stride_dBC_n, dstate,
+                nslot,
                 n_groups, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
-                C_VARIABLE, WARP_SUMS)
+                C_VARIABLE, WARP_SUMS, SUMS_PER_TILE)
             sum_dD += t_dD
             sum_dbias += t_dbias
             sum_dscale += t_dscale
@@ -799,9 +862,10 @@ def bwd_main_kernel(
                 stride_ddelta_l, stride_dz_l, stride_keep_k, A_rows, stride_A_n, a_scale_rows,
                 stride_as_n, a_mult, B_src, stride_B_n, stride_B_l, C_src, stride_C_n,
                 stride_C_l, delta_bias, delta_scale, delta_threshold, D, flags, slot_rows,
-                gslot_rows, acc_rows, dB_base, dC_base, stride_dBC_n, dstate, nslot,
+                gslot_rows, acc_rows, wsum_base, dB_base, dC_base, stride_dBC_n, dstate,
+                nslot,
                 n_groups, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z,
-                HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE, WARP_SUMS)
+                HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE, WARP_SUMS, SUMS_PER_TILE)
             sum_dD += t_dD
             sum_dbias += t_dbias
             sum_dscale += t_dscale
@@ -853,19 +917,22 @@ def _two_per_sm(programs, device, wave_ratio):
 
 
 def main_config(programs, size, device):
-    """(states per unrolled group, maxnreg) of the main kernel for a grid of `programs` and
-    inputs of `size` bytes. With several groups the gradient carries and accumulators go
-    through the program's scratch. H200 (docs/kernel-log.md, "v2, second step" to "fourth
-    step"): groups of two states for 16-bit inputs, of four for 32-bit ones (tiles of 4
-    positions: main kernel 11-14% faster than with two on every shape of the grid), with 168
-    registers (three programs per SM), or 200 (two per SM, no spills)
-    when the grid's waves of two programs per SM, each worth 2/3 of a wave of three, come to
-    less than its waves of three: at 384 programs (one wave of three) 168 registers took 3.5 ms
-    at bf16 1x1536x32768 against 4.8 with 200; at 512 (16x2048x2048) 5.8 against 5.0. The
-    interpreter: one group of up to MAX_GROUP states."""
+    """(states per unrolled group, maxnreg, sums_per_tile) of the main kernel for a grid of
+    `programs` and inputs of `size` bytes. With several groups the gradient carries and
+    accumulators go through the program's scratch. H200 (docs/kernel-log.md, "v2, second step"
+    to "fourth step"): groups of two states for 16-bit inputs, of four for 32-bit ones (tiles of
+    4 positions: main kernel 11-14% faster than with two on every shape of the grid), with 168
+    registers (three programs per SM), or 200 (two per SM, no spills) when the grid's waves of
+    two programs per SM, each worth 2/3 of a wave of three, come to less than its waves of
+    three: at 384 programs (one wave of three) 168 registers took 3.5 ms at bf16 1x1536x32768
+    against 4.8 with 200; at 512 (16x2048x2048) 5.8 against 5.0. The warps' sums of variable dB
+    and dC exchanged once per tile for 16-bit inputs (eight groups of a tile of 8 positions:
+    H100, 5-15% faster), once per group for float32 (four groups of 4 positions: 3-5% slower
+    per tile; "sixth step"). The interpreter: one group of up to MAX_GROUP states."""
     if INTERPRETED:
-        return MAX_GROUP, None
-    return 2 if size == 2 else 4, 200 if _two_per_sm(programs, device, 1.5) else 168
+        return MAX_GROUP, None, size == 2
+    return (2 if size == 2 else 4, 200 if _two_per_sm(programs, device, 1.5) else 168,
+            size == 2)
 
 
 def aggregates_maxnreg(programs, device):
@@ -963,8 +1030,9 @@ def _regions(*sizes):
 def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, tuning):
     """The BackwardPlan of selective_scan_bwd for these inputs (main_B, main_C: B and C as the
     main kernel reads them, by visited index) and tuning (chunk_size, block_d, block_t,
-    range_length, tile, num_warps, group, maxnreg)."""
-    chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg = tuning
+    range_length, tile, num_warps, group, maxnreg, sums_per_tile)."""
+    (chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg,
+     sums_per_tile) = tuning
     batch, dim, L = u.shape
     dstate = A.shape[1]
     keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
@@ -989,9 +1057,11 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         raise ValueError(f"range_length = {range_len} must divide chunk_size = {chunk_size} and "
                          f"be a multiple of block_t = {block_t}")
     n_ranges = triton.cdiv(nvisit, range_len)
-    auto_group, auto_maxnreg = main_config(batch * n_dblocks * n_ranges, size, u.device)
+    auto_group, auto_maxnreg, auto_per_tile = main_config(batch * n_dblocks * n_ranges, size,
+                                                          u.device)
     group = group or auto_group
     maxnreg = auto_maxnreg if maxnreg is None else maxnreg  # 0: no cap
+    sums_per_tile = auto_per_tile if sums_per_tile is None else sums_per_tile
     n_gtiles = triton.cdiv(nvisit, block_t)
     n_groups = triton.cdiv(dstate, MAX_GROUP)
     agg_group = triton.cdiv(dstate, n_groups)
@@ -1000,9 +1070,13 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     group = triton.cdiv(dstate, main_groups)
     # The main kernel's scratch per program: the states entering each tile of a segment (and
     # after its last), then with several groups their gradient carries, 3 accumulators and the
-    # range's carries.
+    # range's carries; with sums_per_tile two tiles' sums of variable dB and dC per warp.
     nslot = main_groups * group
-    per_program = (block_t // tile + 1 + (5 if main_groups > 1 else 0)) * nslot * block_d
+    by_warps = block_d == 32 * num_warps
+    kept_sums = by_warps and sums_per_tile
+    nvar = layout.B_variable + layout.C_variable
+    per_program = ((block_t // tile + 1 + (5 if main_groups > 1 else 0)) * nslot * block_d
+                   + (2 * num_warps * nslot * nvar * tile if kept_sums else 0))
     _, delta_scale, _, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim, dstate)
     flags = option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
                          opts.delta_threshold, h0, dlast)
@@ -1077,7 +1151,8 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         **dict(zip(("stride_dz_b", "stride_dz_d", "stride_dz_l"),
                    contiguous_strides(z.shape) if z is not None else (0, 0, 0))),
         SEG=block_t, BLOCK_D=block_d, BLOCK_T=tile, NG=group, MULTI_GROUP=main_groups > 1,
-        HAS_Z=z is not None, WARP_SUMS=block_d == 32 * num_warps, num_warps=num_warps, **consts,
+        HAS_Z=z is not None, WARP_SUMS=by_warps, SUMS_PER_TILE=kept_sums,
+        num_warps=num_warps, **consts,
         **({"maxnreg": maxnreg} if maxnreg else {}))
     bc_width = dstate * nvisit
     bc_blocks = triton.cdiv(bc_width, SUMS_BLOCK)
@@ -1098,13 +1173,16 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
 
 def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_states, *,
                        chunk_size=None, block_d=None, block_t=None, range_length=None,
-                       tile=None, num_warps=4, group=None, maxnreg=None, plan_key=None):
+                       tile=None, num_warps=4, group=None, maxnreg=None, sums_per_tile=None,
+                       plan_key=None):
     """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
     chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None;
     the keywords force a launch configuration (block_d channels and num_warps per program of
     the main kernel, tile positions per tile, block_t positions per segment, range_length per
-    program, group states per unrolled group, maxnreg registers per thread), worked out once
-    per signature of the inputs. plan_key: a key that determines
+    program, group states per unrolled group, maxnreg registers per thread, sums_per_tile
+    whether the warps exchange their sums of variable dB and dC once per tile rather than per
+    group, when a program's channels are whole warps), worked out once per signature of the
+    inputs. plan_key: a key that determines
     that signature (the forward's plan key with what varies in dout and dlast), saving the
     backward its own.
 
@@ -1118,14 +1196,15 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
                                       chunk_size=chunk_size, block_d=block_d, block_t=block_t,
                                       range_length=range_length, tile=tile,
                                       num_warps=num_warps, group=group, maxnreg=maxnreg,
-                                      plan_key=plan_key)
+                                      sums_per_tile=sums_per_tile, plan_key=plan_key)
     keep_idx, z, h0 = opts.keep_idx, opts.z, opts.initial_state
     # The main kernel reads variable B and C by visited index, like the forward kernel.
     main_B, main_C = B, C
     if keep_idx is not None:
         main_B, main_C = (kept_bc(M, keep_idx, u.shape[2]) if variable else M
                           for M, variable in ((B, layout.B_variable), (C, layout.C_variable)))
-    tuning = (chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg)
+    tuning = (chunk_size, block_d, block_t, range_length, tile, num_warps, group, maxnreg,
+              sums_per_tile)
     if plan_key is None:
         plan_key = launch_signature(dout, dlast, u, delta, A, B, C, chunk_states, *opts)
     plan = BACKWARD_PLANS.get_or_build(

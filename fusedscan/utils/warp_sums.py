@@ -112,11 +112,11 @@ def warp_sums(tiles, FIRST: tl.constexpr = 0, LAST: tl.constexpr = LANE_BITS):
 
 
 @triton.jit
-def lane_labels(K: tl.constexpr, T: tl.constexpr):
-    """For warp_sums of K tiles of T columns: per tile it returns, the [32, t] labels q·T + column
-    of the sums each lane holds (−1 for none), and [32, 1] true where a lane holds copies of
-    sums that a lower lane holds too."""
-    lane = tl.arange(0, 32)
+def lane_labels(K: tl.constexpr, T: tl.constexpr, ROWS: tl.constexpr = 32):
+    """For warp_sums of K tiles of T columns: per tile it returns, the [ROWS, t] labels q·T +
+    column of the sums each row's lane holds (−1 for none), and [ROWS, 1] true where a lane
+    holds copies of sums that a lower lane holds too."""
+    lane = tl.arange(0, ROWS) % 32
     labs = ()
     for q in tl.static_range(K):
         labs = labs + ((lane * 0)[:, None] + q * T + tl.arange(0, T)[None, :],)
