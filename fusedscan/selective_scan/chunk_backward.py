@@ -692,16 +692,16 @@ def bwd_main_kernel(
     range aggregates. Per segment, a first pass from the segment's start state keeps the state
     entering every tile in the program's scratch (per_program floats: SEG / BLOCK_T + 1 slots of
     n_groups · NG states, then, with MULTI_GROUP, the gradient carries, the accumulators and the
-    range's carries, then with WARP_SUMS and SUMS_PER_TILE each warp's sums of variable dB and
-    dC for two tiles, exchanged between the warps once per tile rather than once per group);
-    a second pass walks the tiles backwards from the gradient entering the segment (kernel 1's,
-    with the range's carries folded in), rescanning each tile from its kept state. Writes du, ddelta, dz at the visited positions; with an initial state (range 0's
-    programs) dh0; into the workspace work_ptr (off_* its regions) a row of sums_row partial
-    sums over its positions (at off_sums, rows batch · n_ranges): dA (dim, N), dB and dC
-    (dim, N) when fixed, then the sums for dD, ddelta_bias and ddelta_scale (dim each); and
-    dB, dC when variable as the sums over each channel block (batch, n_dblocks, N, K). B and
-    C are read by visited index (with keep_idx, the kept positions' copies). Every element is
-    written once: no zero fill, no atomics."""
+    range's carries, then with WARP_SUMS and SUMS_PER_TILE each warp's sums of variable dB and dC
+    for two tiles, exchanged between the warps once per tile rather than once per group); a second
+    pass walks the tiles backwards from the gradient entering the segment (kernel 1's, with the
+    range's carries folded in), rescanning each tile from its kept state. Writes du, ddelta, dz at
+    the visited positions; with an initial state (range 0's programs) dh0; into the workspace
+    work_ptr (off_* its regions) a row of sums_row partial sums over its positions (at off_sums,
+    rows batch · n_ranges): dA (dim, N), dB and dC (dim, N) when fixed, then the sums for dD,
+    ddelta_bias and ddelta_scale (dim each); and dB, dC when variable as the sums over each channel
+    block (batch, n_dblocks, N, K). B and C are read by visited index (with keep_idx, the kept
+    positions' copies). Every element is written once: no zero fill, no atomics."""
     pid = tl.program_id(0)
     r = tl.program_id(1)
     b, d0, rows, row_ok, rows64, in_rows64 = row_setup(pid, n_dblocks, dim, BLOCK_D)
