@@ -29,18 +29,15 @@ def _number(text):
 
 
 def read_source(path):
-    """The SASS rows of an export: one dict per instruction, numbers as floats."""
+    """The SASS rows of an export: one dict per instruction, the stall and sector columns as
+    floats, the others as written."""
     with open(path, newline="") as f:
         lines = list(csv.reader(f))
     header = next(i for i, line in enumerate(lines) if "Source" in line and SAMPLES in line)
     names = lines[header]
-    rows = []
-    for line in lines[header + 1:]:
-        if len(line) != len(names):
-            continue
-        row = dict(zip(names, line))
-        rows.append({k: (v if k in ("Source", "Address") else _number(v)) for k, v in row.items()})
-    return rows
+    numeric = {SAMPLES, EXCESS, SECTORS, LOCAL} | {k for k in names if k.startswith("stall_")}
+    return [{k: _number(v) if k in numeric else v for k, v in zip(names, line)}
+            for line in lines[header + 1:] if len(line) == len(names)]
 
 
 def opcode(sass):
