@@ -212,29 +212,38 @@ WHOLE_WARP_CASES = [(1, "variable", "variable"), (2, "variable", "fixed"),
                     (3, "grouped", "variable"), (4, "variable", "grouped")]
 
 
-# The interpreter: one warp, one batch row, two of the cases (its time grows with the 32
-# channels), each with the warps' sums exchanged per group or per tile.
-@pytest.mark.parametrize("num_warps", [1, 2, 4, 8] if ON_GPU else [1])
-@pytest.mark.parametrize("tile", [1, 4, 8, 16] if ON_GPU else [4])
-@pytest.mark.parametrize("group,B_kind,C_kind,sums_per_tile",
-                         [(*case, per_tile) for case in WHOLE_WARP_CASES for per_tile in (0, 1)]
-                         if ON_GPU else [(*WHOLE_WARP_CASES[1], 0), (*WHOLE_WARP_CASES[2], 1)])
-def test_channel_blocks_of_whole_warps(num_warps, tile, group, B_kind, C_kind, sums_per_tile):
-    """32 channels per warp, as the main kernel's default on a GPU: the sums over the block's
-    channels of variable dB and dC go through warp_sums (shuffles between a warp's lanes), of
-    every count of states and positions per tile, for several channel blocks per B/C group and
-    a partial last block, the warps' sums added per group of states or once per tile from the
-    program's scratch. (The interpreter runs the same steps, one warp.)"""
+# On a GPU every count of positions per tile, over 1 to 8 warps of 32 channels, and of 16
+# channels over two lanes each (a tile of 8 float32 positions, 16 bytes per lane; with groups of
+# an even count of states the scratch's states go in pairs), each case with the warps' sums
+# exchanged per group or per tile. The interpreter: one warp, one batch row (its time grows
+# with the channels), three of them.
+@pytest.mark.parametrize(
+    "num_warps,tile,lanes,group,B_kind,C_kind,sums_per_tile",
+    [(w, t, 1, *case, per_tile) for w in (1, 2, 4, 8) for t in (1, 4, 8, 16)
+     for case in WHOLE_WARP_CASES for per_tile in (0, 1)]
+    + [(w, 8, 2, *case, per_tile) for w in (1, 4) for case in WHOLE_WARP_CASES
+       for per_tile in (0, 1)] if ON_GPU else
+    [(1, 4, 1, *WHOLE_WARP_CASES[1], 0), (1, 4, 1, *WHOLE_WARP_CASES[2], 1),
+     (1, 8, 2, 2, "variable", "variable", 1)])
+def test_channel_blocks_of_whole_warps(num_warps, tile, lanes, group, B_kind, C_kind,
+                                       sums_per_tile):
+    """32 channels per warp, as the main kernel's default on a GPU, or 16 over two lanes each:
+    the sums over the block's channels of variable dB and dC go through warp_sums (shuffles
+    between a warp's lanes), of every count of states and positions per tile, for several
+    channel blocks per B/C group and a partial last block, the warps' sums added per group of
+    states or once per tile from the program's scratch. (The interpreter runs the same steps,
+    one warp.)"""
     batch, _, L, _ = SHAPE if ON_GPU else (1, None, 3 * BWD_BLOCK_T + 1, None)
+    block_d = 32 // lanes * num_warps
     # A block must not straddle two groups of B or C: whole blocks there.
     grouped = "grouped" in (B_kind, C_kind)
-    dim = 4 * 32 * num_warps if grouped else 3 * 32 * num_warps - 5
+    dim = 4 * block_d if grouped else 3 * block_d - 5
     args, kwargs = make_case(batch, dim, L, 5, B_kind=B_kind, C_kind=C_kind,
                              initial_state=True, a_scale="dim_n")
     layout = BCLayout(B_variable=B_kind != "fixed", C_variable=C_kind != "fixed",
                       B_groups=args[3].shape[1] if B_kind == "grouped" else 1,
                       C_groups=args[4].shape[1] if C_kind == "grouped" else 1)
-    check_bwd_launch(args, kwargs, layout, block_d=32 * num_warps, num_warps=num_warps,
+    check_bwd_launch(args, kwargs, layout, block_d=block_d, num_warps=num_warps,
                      group=group, tile=tile, sums_per_tile=bool(sums_per_tile))
 
 

@@ -13,7 +13,8 @@ and Δ̂'s chain (threshold mask, scale, softplus, bias) gives ∂L/∂delta and
 The visited positions are cut into segments of BLOCK_T positions (128 on a GPU), and segments
 into ranges of range_len (a power-of-two multiple of BLOCK_T that divides CHUNK), one per program.
 The first two kernels take the forward kernel's layout: one channel row per thread and a tile of
-16 bytes of positions in its registers, so that scans over positions run inside each thread.
+16 bytes of positions in its registers, so that scans over positions run inside each thread
+(the main kernel's float32 tiles of 8 positions put a row on two threads, 16 bytes each).
 1. `bwd_range_aggregates_kernel`, one program per (batch row, block of channels, range), walks
    its range backwards, one exp(Δ̂·A) per position and state for both directions: for every
    segment the gradient reaching it from the rest of the range (G = a_{t+1}·g_{t+1} at the
@@ -32,8 +33,8 @@ The first two kernels take the forward kernel's layout: one channel row per thre
    ddelta_bias, ddelta_scale, fixed dB and dC) are per-channel registers of the program; the
    sums over channels (variable dB, dC) are reduced over the program's block (with blocks of
    whole warps, all of a group's states and positions at once by warp_sums within each warp,
-   then between the warps per group or, for 16-bit inputs, once per tile through the scratch)
-   and stored per block.
+   then between the warps per group or, by default, once per tile through the scratch) and
+   stored per block.
 3. `bwd_sums_kernel` sums those partial sums over the programs in a fixed order, casting the
    variable dB and dC to their dtypes: no atomics, the gradients are the same, bit for bit, on
    every run.
@@ -63,7 +64,7 @@ from fusedscan.utils.kernels import (
 from fusedscan.utils.launch import (
     LaunchPlan, SignatureCache, contiguous_strides, kernel_scales, launch_signature, strides,
 )
-from fusedscan.utils.warp_sums import lane_labels, warp_sums, warps_total
+from fusedscan.utils.warp_sums import lane_labels, warp_rows, warp_sums, warps_total
 
 # Positions per segment of the backward kernels (per stored gradient carry of kernel 1).
 BWD_BLOCK_T = 16 if INTERPRETED else 128
@@ -308,27 +309,52 @@ def _segment_carries(G_rows, decay, Xs, As, n0, dstate, row_ok, NG: tl.constexpr
 
 @triton.jit
 def _slot_states(slot_rows, k, n0, nslot, NG: tl.constexpr):
-    """States n0 .. n0+NG-1 of slot k of a program's scratch, laid out [slot, state, channel]."""
+    """States n0 .. n0+NG-1 of slot k of a program's scratch, laid out [slot, state, channel]
+    from the pointers slot_rows, [BLOCK_D], or [BLOCK_D, 2] with states 2i and 2i + 1
+    interleaved per channel (_paired_slots)."""
     hs = ()
-    for i in tl.static_range(NG):
-        hs = hs + (tl.load(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0]),)
+    if len(slot_rows.shape) == 1:
+        for i in tl.static_range(NG):
+            hs = hs + (tl.load(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0]),)
+    else:
+        for i in tl.static_range(0, NG, 2):
+            h0, h1 = tl.split(tl.load(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0]))
+            hs = hs + (h0, h1)
     return hs
 
 
 @triton.jit
 def _row_states(slot_rows, k, n0, nslot, row_ok, NG: tl.constexpr):
     """_slot_states, zero in the rows past `dim` (whose first pass read the last channel)."""
-    hs = ()
+    hs = _slot_states(slot_rows, k, n0, nslot, NG)
+    out = ()
     for i in tl.static_range(NG):
-        hs = hs + (tl.where(row_ok, tl.load(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0]),
-                            0.0),)
-    return hs
+        out = out + (tl.where(row_ok, hs[i], 0.0),)
+    return out
 
 
 @triton.jit
 def _store_slot(slot_rows, k, n0, nslot, hs, NG: tl.constexpr):
-    for i in tl.static_range(NG):
-        tl.store(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0], hs[i])
+    if len(slot_rows.shape) == 1:
+        for i in tl.static_range(NG):
+            tl.store(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0], hs[i])
+    else:
+        for i in tl.static_range(0, NG, 2):
+            tl.store(slot_rows + (k * nslot + n0 + i) * slot_rows.shape[0],
+                     tl.join(hs[i], hs[i + 1]))
+
+
+@triton.jit
+def _paired_slots(scratch, BLOCK_D: tl.constexpr, NG: tl.constexpr, WARP_ROWS: tl.constexpr):
+    """Pointers to the scratch's channels for _slot_states and _store_slot. When a channel's
+    row spans two lanes (WARP_ROWS 16) and the states go in pairs, [BLOCK_D, 2]: two states
+    per channel side by side, loaded and stored together in the tile's own layout, each lane
+    of a row taking one of them (a vector of one value per channel is stored from a layout of
+    one channel per lane, reached through shared memory). Else [BLOCK_D]."""
+    if WARP_ROWS == 16 and NG % 2 == 0:
+        return scratch + tl.arange(0, BLOCK_D)[:, None] * 2 + tl.arange(0, 2)[None, :]
+    else:
+        return scratch + tl.arange(0, BLOCK_D)
 
 
 @triton.jit
@@ -422,18 +448,18 @@ def _bc_sum_at(lab, n0, dB_base, dC_base, stride_dBC_n, j0, T: tl.constexpr,
 
 @triton.jit
 def _store_bc_sums(tiles, n0, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
-                   B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr):
+                   B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, WARP_ROWS: tl.constexpr):
     """Stores the sums over the program's channels of a tile's per-channel terms of dB and dC
     for the group's states n0, n0 + 1, ..: `tiles` holds, state by state, the variable one of
     (dB, dC) as a [BLOCK_D, BLOCK_T] tile, or both paired by warp_sums's first lane bit. By
-    warp_sums: one lane bit at a time, every lane ends with its own sums, then one exchange
-    between warps."""
+    warp_sums: one row bit of the lanes at a time, every lane ends with its own sums, then one
+    exchange between warps (WARP_ROWS rows each)."""
     NVAR: tl.constexpr = 2 if B_VARIABLE and C_VARIABLE else 1
     T: tl.constexpr = tiles[0].shape[1]
-    shares = warp_sums(tiles, NVAR - 1)
-    labs, dup = lane_labels(len(tiles) * NVAR, T)
+    shares = warp_sums(tiles, NVAR - 1, WARP_ROWS=WARP_ROWS)
+    labs, dup = lane_labels(len(tiles) * NVAR, T, WARP_ROWS, WARP_ROWS)
     for e in tl.static_range(len(shares)):
-        total = warps_total(shares[e], tiles[0].shape[0])
+        total = warps_total(shares[e], tiles[0].shape[0], WARP_ROWS)
         lab = labs[e]
         at, n, col = _bc_sum_at(lab, n0, dB_base, dC_base, stride_dBC_n, j0, T, B_VARIABLE,
                                 C_VARIABLE)
@@ -441,15 +467,17 @@ def _store_bc_sums(tiles, n0, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
 
 
 @triton.jit
-def _keep_warp_bc_sums(tiles, n0, wsum_at, n_labels, NVAR: tl.constexpr):
-    """_store_bc_sums up to the exchange between warps: each warp's sums over its 32 channels go
-    to the program's scratch at wsum_at, a row of n_labels per warp, at their label plus
-    n0·NVAR·T (_bc_sum_at's labels for the whole tile); _store_kept_bc_sums finishes them."""
+def _keep_warp_bc_sums(tiles, n0, wsum_at, n_labels, NVAR: tl.constexpr,
+                       WARP_ROWS: tl.constexpr):
+    """_store_bc_sums up to the exchange between warps: each warp's sums over its WARP_ROWS
+    channels go to the program's scratch at wsum_at, a row of n_labels per block of WARP_ROWS
+    channels, at their label plus n0·NVAR·T (_bc_sum_at's labels for the whole tile);
+    _store_kept_bc_sums finishes them."""
     ROWS: tl.constexpr = tiles[0].shape[0]
     T: tl.constexpr = tiles[0].shape[1]
-    shares = warp_sums(tiles, NVAR - 1)
-    labs, dup = lane_labels(len(tiles) * NVAR, T, ROWS)
-    warp = (tl.arange(0, ROWS) // 32)[:, None]
+    shares = warp_sums(tiles, NVAR - 1, WARP_ROWS=WARP_ROWS)
+    labs, dup = lane_labels(len(tiles) * NVAR, T, ROWS, WARP_ROWS)
+    warp = (tl.arange(0, ROWS) // WARP_ROWS)[:, None]
     for e in tl.static_range(len(shares)):
         lab = labs[e]
         tl.store(wsum_at + warp * n_labels + n0 * NVAR * T + lab, shares[e],
@@ -459,14 +487,14 @@ def _keep_warp_bc_sums(tiles, n0, wsum_at, n_labels, NVAR: tl.constexpr):
 @triton.jit
 def _store_kept_bc_sums(wsum_at, n_labels, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
                         T: tl.constexpr, BLOCK_D: tl.constexpr, B_VARIABLE: tl.constexpr,
-                        C_VARIABLE: tl.constexpr):
+                        C_VARIABLE: tl.constexpr, WARP_ROWS: tl.constexpr):
     """The sums over the program's channels of a tile's dB and dC terms, after a barrier: the
-    BLOCK_D // 32 warps' sums that _keep_warp_bc_sums kept, added in a fixed order."""
+    BLOCK_D // WARP_ROWS blocks' sums that _keep_warp_bc_sums kept, added in a fixed order."""
     for l0 in range(0, n_labels, BLOCK_D):
         lab = l0 + tl.arange(0, BLOCK_D)
         ok = lab < n_labels
         total = tl.load(wsum_at + lab, mask=ok, other=0.0)
-        for w in tl.static_range(1, BLOCK_D // 32):
+        for w in tl.static_range(1, BLOCK_D // WARP_ROWS):
             total += tl.load(wsum_at + w * n_labels + lab, mask=ok, other=0.0)
         at, n, col = _bc_sum_at(lab, 0, dB_base, dC_base, stride_dBC_n, j0, T, B_VARIABLE,
                                 C_VARIABLE)
@@ -478,12 +506,13 @@ def _bwd_states(
     hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first, is_last,
     n0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n, wsum_at, n_labels,
     NG: tl.constexpr, MULTI_GROUP: tl.constexpr, B_VARIABLE: tl.constexpr,
-    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr, SUMS_PER_TILE: tl.constexpr,
+    C_VARIABLE: tl.constexpr, WARP_ROWS: tl.constexpr, SUMS_PER_TILE: tl.constexpr,
 ):
     """States n0 .. n0+NG-1 of one tile: rescans h from the states hs entering the tile, runs
     the reverse scan for g from the gradients Gs entering it from the right, adds their terms
     to y, du and ddt and stores the tile's sums over the block's channels of dB and dC when
-    variable: with WARP_SUMS all of the group's together (_store_bc_sums; with SUMS_PER_TILE
+    variable: with WARP_ROWS (a warp's rows; 0 when the block is not whole warps) all of the
+    group's together (_store_bc_sums; with SUMS_PER_TILE
     only each warp's, at wsum_at, _keep_warp_bc_sums), else per state as row 0 of a
     [BLOCK_D, BLOCK_T] tile (which keeps the tile's register layout). Returns the gradients
     entering the tile's first position, the tile's sums over positions of ∂L/∂A_eff
@@ -518,26 +547,27 @@ def _bwd_states(
         dAs = dAs + (tl.sum(g * ah * dt, axis=1),)
         if not B_VARIABLE:
             dBs = dBs + (tl.sum(gdt * u, axis=1),)
-        elif not WARP_SUMS:
+        elif not WARP_ROWS:
             tl.store(dB_at + n * stride_dBC_n, tl.sum(gdt * u, axis=0)[None, :],
                      mask=lead_row & col_mask & state_ok)
         if not C_VARIABLE:
             dCs = dCs + (tl.sum(dy * h, axis=1),)
-        elif not WARP_SUMS:
+        elif not WARP_ROWS:
             tl.store(dC_at + n * stride_dBC_n, tl.sum(dy * h, axis=0)[None, :],
                      mask=lead_row & col_mask & state_ok)
-        if WARP_SUMS and B_VARIABLE and C_VARIABLE:
-            # The state's two tiles paired at once (the first lane bit): half the values live.
-            bc_tiles = bc_tiles + warp_sums((gdt * u, dy * h), 0, 1)
-        elif WARP_SUMS and B_VARIABLE:
+        if WARP_ROWS and B_VARIABLE and C_VARIABLE:
+            # The state's two tiles paired at once (the first row bit): half the values live.
+            bc_tiles = bc_tiles + warp_sums((gdt * u, dy * h), 0, 1, WARP_ROWS)
+        elif WARP_ROWS and B_VARIABLE:
             bc_tiles = bc_tiles + (gdt * u,)
-        elif WARP_SUMS and C_VARIABLE:
+        elif WARP_ROWS and C_VARIABLE:
             bc_tiles = bc_tiles + (dy * h,)
-    if WARP_SUMS and SUMS_PER_TILE and (B_VARIABLE or C_VARIABLE):
-        _keep_warp_bc_sums(bc_tiles, n0, wsum_at, n_labels, 2 if B_VARIABLE and C_VARIABLE else 1)
-    elif WARP_SUMS and (B_VARIABLE or C_VARIABLE):
+    if WARP_ROWS and SUMS_PER_TILE and (B_VARIABLE or C_VARIABLE):
+        _keep_warp_bc_sums(bc_tiles, n0, wsum_at, n_labels, 2 if B_VARIABLE and C_VARIABLE else 1,
+                           WARP_ROWS)
+    elif WARP_ROWS and (B_VARIABLE or C_VARIABLE):
         _store_bc_sums(bc_tiles, n0, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
-                       B_VARIABLE, C_VARIABLE)
+                       B_VARIABLE, C_VARIABLE, WARP_ROWS)
     return new_Gs, dAs, dBs, dCs, y, du, ddt
 
 
@@ -552,7 +582,7 @@ def _bwd_tile(
     wsum_base, dB_base, dC_base, stride_dBC_n, dstate, nslot, n_groups,
     BLOCK_T: tl.constexpr, NG: tl.constexpr, MULTI_GROUP: tl.constexpr, MASK_T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
-    C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr, SUMS_PER_TILE: tl.constexpr,
+    C_VARIABLE: tl.constexpr, WARP_ROWS: tl.constexpr, SUMS_PER_TILE: tl.constexpr,
 ):
     """Second pass over tile k of a segment: stores du, ddelta, dz. One group: carries Gs and the
     accumulators dAs (dBs, dCs when fixed) in registers and returns them; several: through the
@@ -589,7 +619,9 @@ def _bwd_tile(
     # parity: a thread may store the next tile's while another still reads this one's.
     NVAR: tl.constexpr = B_VARIABLE + C_VARIABLE
     n_labels = nslot * NVAR * BLOCK_T
-    wsum_at = wsum_base + (k % 2) * (rows.shape[0] // 32) * n_labels
+    wsum_at = wsum_base
+    if WARP_ROWS:
+        wsum_at += (k % 2) * (rows.shape[0] // WARP_ROWS) * n_labels
     if not MULTI_GROUP:
         hs = _row_states(slot_rows, k, 0, nslot, row_ok, NG)
         Bs, Cs = _bc_tiles(0, dstate, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
@@ -597,7 +629,7 @@ def _bwd_tile(
         Gs, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
             hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first,
             is_last, 0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n,
-            wsum_at, n_labels, NG, False, B_VARIABLE, C_VARIABLE, WARP_SUMS, SUMS_PER_TILE)
+            wsum_at, n_labels, NG, False, B_VARIABLE, C_VARIABLE, WARP_ROWS, SUMS_PER_TILE)
         dAs = _added(dAs, tile_dA, NG)
         if not B_VARIABLE:
             dBs = _added(dBs, tile_dB, NG)
@@ -613,7 +645,7 @@ def _bwd_tile(
             Gs_g, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
                 hs_g, Gs_g, As_g, Bs_g, Cs_g, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask,
                 is_first, is_last, n0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at,
-                stride_dBC_n, wsum_at, n_labels, NG, True, B_VARIABLE, C_VARIABLE, WARP_SUMS,
+                stride_dBC_n, wsum_at, n_labels, NG, True, B_VARIABLE, C_VARIABLE, WARP_ROWS,
                 SUMS_PER_TILE)
             _store_slot(gslot_rows, 0, n0, nslot, Gs_g, NG)
             _store_slot(acc_rows, 0, n0, nslot, _added(dA_g, tile_dA, NG), NG)
@@ -623,12 +655,13 @@ def _bwd_tile(
             if not C_VARIABLE:
                 _store_slot(acc_rows, 2, n0, nslot,
                             _added(_slot_states(acc_rows, 2, n0, nslot, NG), tile_dC, NG), NG)
-    KEPT_SUMS: tl.constexpr = WARP_SUMS and SUMS_PER_TILE and NVAR > 0
+    KEPT_SUMS: tl.constexpr = WARP_ROWS > 0 and SUMS_PER_TILE and NVAR > 0
     if MULTI_GROUP or KEPT_SUMS:
         tl.debug_barrier()
     if KEPT_SUMS:
         _store_kept_bc_sums(wsum_at, n_labels, dstate, j0, j_hi, dB_base, dC_base,
-                            stride_dBC_n, BLOCK_T, rows.shape[0], B_VARIABLE, C_VARIABLE)
+                            stride_dBC_n, BLOCK_T, rows.shape[0], B_VARIABLE, C_VARIABLE,
+                            WARP_ROWS)
 
     store_mask = row_ok[:, None] & col_ok[None, :]
     # What only the stores need is loaded again here rather than kept live across the states.
@@ -681,18 +714,19 @@ def bwd_main_kernel(
     stride_keep_b, stride_keep_k,
     SEG: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
     MULTI_GROUP: tl.constexpr, HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
-    B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, WARP_SUMS: tl.constexpr,
+    B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr, WARP_ROWS: tl.constexpr,
     SUMS_PER_TILE: tl.constexpr,
 ):
-    """Grid (batch · n_dblocks, n_ranges). One program owns BLOCK_D channels (one row per thread,
-    BLOCK_T positions in its registers, as in the forward kernel) and one range of visited
+    """Grid (batch · n_dblocks, n_ranges). One program owns BLOCK_D channels (one row per thread
+    with BLOCK_T positions in its registers, as in the forward kernel, or per two threads with
+    half of them each: WARP_ROWS channels per warp) and one range of visited
     positions, which it walks in segments of SEG (the tiles of gcarry). It starts from the
     forward's state at its chunk's start (chunk_states (batch, dim, n_chunks, N), chunk_ranges
     ranges per chunk) and the gradients entering from the right, both folded from kernel 1's
     range aggregates. Per segment, a first pass from the segment's start state keeps the state
     entering every tile in the program's scratch (per_program floats: SEG / BLOCK_T + 1 slots of
     n_groups · NG states, then, with MULTI_GROUP, the gradient carries, the accumulators and the
-    range's carries, then with WARP_SUMS and SUMS_PER_TILE each warp's sums of variable dB and dC
+    range's carries, then with WARP_ROWS and SUMS_PER_TILE each warp's sums of variable dB and dC
     for two tiles, exchanged between the warps once per tile rather than once per group); a second
     pass walks the tiles backwards from the gradient entering the segment (kernel 1's, with the
     range's carries folded in), rescanning each tile from its kept state. Writes du, ddelta, dz at
@@ -739,7 +773,7 @@ def bwd_main_kernel(
                else sums_at + off_dC + rows64 * dstate)
     nslot = n_groups * NG
     scratch = work_ptr + off_scratch + (pid.to(tl.int64) * n_ranges + r) * per_program
-    slot_rows = scratch + tl.arange(0, BLOCK_D)
+    slot_rows = _paired_slots(scratch, BLOCK_D, NG, WARP_ROWS)
     gslot_rows = slot_rows + (SEG // BLOCK_T + 1) * nslot * BLOCK_D
     acc_rows = gslot_rows + nslot * BLOCK_D
     xslot_rows = acc_rows + 3 * nslot * BLOCK_D
@@ -849,7 +883,7 @@ def bwd_main_kernel(
                 gslot_rows, acc_rows, wsum_base, dB_base, dC_base, stride_dBC_n, dstate,
                 nslot,
                 n_groups, BLOCK_T, NG, MULTI_GROUP, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
-                C_VARIABLE, WARP_SUMS, SUMS_PER_TILE)
+                C_VARIABLE, WARP_ROWS, SUMS_PER_TILE)
             sum_dD += t_dD
             sum_dbias += t_dbias
             sum_dscale += t_dscale
@@ -865,7 +899,7 @@ def bwd_main_kernel(
                 gslot_rows, acc_rows, wsum_base, dB_base, dC_base, stride_dBC_n, dstate,
                 nslot,
                 n_groups, BLOCK_T, NG, MULTI_GROUP, False, HAS_Z,
-                HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE, WARP_SUMS, SUMS_PER_TILE)
+                HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE, WARP_ROWS, SUMS_PER_TILE)
             sum_dD += t_dD
             sum_dbias += t_dbias
             sum_dscale += t_dscale
@@ -909,29 +943,32 @@ def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
     return length
 
 
-def _two_per_sm(programs, device, wave_ratio):
-    """Whether a grid of `programs` finishes sooner with two programs per SM than with three,
-    when a wave of three takes wave_ratio times as long as a wave of two."""
+def _fewer_per_sm(programs, device, fewer, wave_ratio):
+    """Whether a grid of `programs` finishes sooner with `fewer` programs per SM than with one
+    more, when a wave of fewer + 1 takes wave_ratio times as long as a wave of `fewer`."""
     sms = multiprocessor_count(device)
-    return triton.cdiv(programs, 2 * sms) < triton.cdiv(programs, 3 * sms) * wave_ratio
+    return (triton.cdiv(programs, fewer * sms)
+            < triton.cdiv(programs, (fewer + 1) * sms) * wave_ratio)
 
 
 def main_config(programs, size, device):
     """(states per unrolled group, maxnreg, sums_per_tile) of the main kernel for a grid of
-    `programs` and inputs of `size` bytes. With several groups the gradient carries and
-    accumulators go through the program's scratch. H200 (docs/kernel-log.md, "v2, second step"
-    to "fourth step"): groups of two states for 16-bit inputs, of four for 32-bit ones (tiles of
-    4 positions: main kernel 11-14% faster than with two on every shape of the grid), with 168
+    `programs` and inputs of `size` bytes, tiles of 8 positions. With several groups the
+    gradient carries and accumulators go through the program's scratch, and the warps' sums of
+    variable dB and dC are exchanged once per tile. 16-bit inputs (a row per lane), H200
+    (docs/kernel-log.md, "v2, second step" to "fourth step"): groups of two states with 168
     registers (three programs per SM), or 200 (two per SM, no spills) when the grid's waves of
     two programs per SM, each worth 2/3 of a wave of three, come to less than its waves of
     three: at 384 programs (one wave of three) 168 registers took 3.5 ms at bf16 1x1536x32768
-    against 4.8 with 200; at 512 (16x2048x2048) 5.8 against 5.0. The warps' sums of variable dB
-    and dC exchanged once per tile for 16-bit inputs (eight groups of a tile of 8 positions:
-    H100, 5-15% faster), once per group for float32 (four groups of 4 positions: 3-5% slower
-    per tile; "sixth step"). The interpreter: one group of up to MAX_GROUP states."""
+    against 4.8 with 200; at 512 (16x2048x2048) 5.8 against 5.0. float32 (a row over two
+    lanes), H100 ("v2, eighth step"): groups of two with 168 registers (three per SM), or 128
+    (four per SM) when its waves come to less: at 384 programs 4.55 ms against 5.48 with 128,
+    at 512 7.56 against 6.65. The interpreter: one group of up to MAX_GROUP states."""
     if INTERPRETED:
-        return MAX_GROUP, None, size == 2
-    return (2 if size == 2 else 4, 200 if _two_per_sm(programs, device, 1.5) else 168,
+        return MAX_GROUP, None, size in (2, 4)
+    if size == 4:
+        return 2, 168 if _fewer_per_sm(programs, device, 3, 1.46) else 128, True
+    return (2 if size == 2 else 4, 200 if _fewer_per_sm(programs, device, 2, 1.5) else 168,
             size == 2)
 
 
@@ -942,7 +979,7 @@ def aggregates_maxnreg(programs, device):
     took 0.87 ms, of two 0.68 (ratio 1.28); 384 programs (one wave of three) 0.87 against 1.36,
     512 (two waves either way) 1.55 against 1.36. A cap of 128 spilled more and was slower
     everywhere."""
-    if INTERPRETED or _two_per_sm(programs, device, 1.28):
+    if INTERPRETED or _fewer_per_sm(programs, device, 2, 1.28):
         return None
     return 168
 
@@ -1039,12 +1076,18 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     nvisit = opts.visited or L
     chunk_size = chunk_size or CHUNK_SIZE
     per_cgroup = dim // math.lcm(layout.B_groups, layout.C_groups)
-    block_d = fit_block_d(block_d or (4 if INTERPRETED else 32 * num_warps), per_cgroup, dim)
-    agg_block_d = fit_block_d(AGGREGATE_BLOCK_D, per_cgroup, dim)
     block_t = block_t or BWD_BLOCK_T
     size = max(u.element_size(), delta.element_size())
-    # The interpreter's cost grows with the tiles: one per segment there (tests force more).
-    tile = tile or (block_t if INTERPRETED else 16 // size)
+    # The interpreter's cost grows with the tiles: one per segment there (tests force more). On
+    # a GPU the range-aggregate kernel's tiles are 16 bytes of each row (one row per thread),
+    # the main kernel's 8 positions, loaded 16 bytes per lane: a row of 16-bit inputs on one
+    # lane, of float32 on two, whose blocks then hold half the channels.
+    agg_tile = tile or (block_t if INTERPRETED else 16 // size)
+    tile = tile or (block_t if INTERPRETED else 8 if size in (2, 4) else 16 // size)
+    lanes = max(1, tile * size // 16)
+    block_d = fit_block_d(block_d or (4 if INTERPRETED else 32 * num_warps // lanes), per_cgroup,
+                          dim)
+    agg_block_d = fit_block_d(AGGREGATE_BLOCK_D, per_cgroup, dim)
     if (chunk_size % block_t or block_t % tile
             or per_cgroup % block_d and per_cgroup != dim):
         raise ValueError(f"block_t = {block_t} must divide chunk_size = {chunk_size}, tile = "
@@ -1072,11 +1115,11 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     # after its last), then with several groups their gradient carries, 3 accumulators and the
     # range's carries; with sums_per_tile two tiles' sums of variable dB and dC per warp.
     nslot = main_groups * group
-    by_warps = block_d == 32 * num_warps
-    kept_sums = by_warps and sums_per_tile
+    rows_per_warp = warp_rows(block_d, tile, size, num_warps)
+    kept_sums = rows_per_warp > 0 and sums_per_tile
     nvar = layout.B_variable + layout.C_variable
     per_program = ((block_t // tile + 1 + (5 if main_groups > 1 else 0)) * nslot * block_d
-                   + (2 * num_warps * nslot * nvar * tile if kept_sums else 0))
+                   + (2 * block_d // rows_per_warp * nslot * nvar * tile if kept_sums else 0))
     _, delta_scale, _, a_scale = kernel_scales(opts.delta_scale, opts.a_scale, dim, dstate)
     flags = option_flags(opts.D, opts.delta_bias, opts.delta_softplus, delta_scale, a_scale,
                          opts.delta_threshold, h0, dlast)
@@ -1135,7 +1178,7 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         range_len=range_len, n_groups=n_groups, **common, **u_strides, **z_strides,
         **dout_strides, **bc_consts,
         **dict(zip(("stride_dlast_b", "stride_dlast_d", "stride_dlast_n"), strides(dlast, 3))),
-        SEG=block_t, BLOCK_D=agg_block_d, BLOCK_T=tile, NG=agg_group, HAS_Z=z is not None,
+        SEG=block_t, BLOCK_D=agg_block_d, BLOCK_T=agg_tile, NG=agg_group, HAS_Z=z is not None,
         num_warps=AGGREGATE_WARPS, **consts,
         **({"maxnreg": agg_maxnreg} if agg_maxnreg else {}))
     # du, ddelta and dz are allocated contiguous, like their inputs' shapes.
@@ -1151,7 +1194,7 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
         **dict(zip(("stride_dz_b", "stride_dz_d", "stride_dz_l"),
                    contiguous_strides(z.shape) if z is not None else (0, 0, 0))),
         SEG=block_t, BLOCK_D=block_d, BLOCK_T=tile, NG=group, MULTI_GROUP=main_groups > 1,
-        HAS_Z=z is not None, WARP_SUMS=by_warps, SUMS_PER_TILE=kept_sums,
+        HAS_Z=z is not None, WARP_ROWS=rows_per_warp, SUMS_PER_TILE=kept_sums,
         num_warps=num_warps, **consts,
         **({"maxnreg": maxnreg} if maxnreg else {}))
     bc_width = dstate * nvisit
@@ -1178,13 +1221,12 @@ def selective_scan_bwd(dout, dlast, u, delta, A, B, C, opts, layout, chunk_state
     """Gradients of selective_scan_fwd's (out, last_state) on checked inputs, from the forward's
     chunk_states. dout (batch, dim, K or L) in any float dtype, dlast (batch, dim, N) or None;
     the keywords force a launch configuration (block_d channels and num_warps per program of
-    the main kernel, tile positions per tile, block_t positions per segment, range_length per
-    program, group states per unrolled group, maxnreg registers per thread, sums_per_tile
-    whether the warps exchange their sums of variable dB and dC once per tile rather than per
-    group, when a program's channels are whole warps), worked out once per signature of the
-    inputs. plan_key: a key that determines
-    that signature (the forward's plan key with what varies in dout and dlast), saving the
-    backward its own.
+    the main kernel, tile positions per tile of both kernels, block_t positions per segment,
+    range_length per program, group states per unrolled group, maxnreg registers per thread,
+    sums_per_tile whether the warps exchange their sums of variable dB and dC once per tile
+    rather than per group, when a program's channels are whole warps), worked out once per
+    signature of the inputs. plan_key: a key that determines that signature (the forward's plan
+    key with what varies in dout and dlast), saving the backward its own.
 
     Returns the gradients of GRAD_INPUTS (u, delta, A, B, C, D, z, delta_bias, initial_state,
     delta_scale, a_scale), each in its input's dtype and shape, None for an absent input or a
