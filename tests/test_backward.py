@@ -223,7 +223,7 @@ WHOLE_WARP_CASES = [(1, "variable", "variable"), (2, "variable", "fixed"),
      for case in WHOLE_WARP_CASES for per_tile in (0, 1)]
     + [(w, 8, 2, *case, per_tile) for w in (1, 4) for case in WHOLE_WARP_CASES
        for per_tile in (0, 1)] if ON_GPU else
-    [(1, 4, 1, *WHOLE_WARP_CASES[1], 0), (1, 4, 1, *WHOLE_WARP_CASES[2], 1),
+    [(1, 8, 1, *WHOLE_WARP_CASES[1], 0), (1, 4, 1, *WHOLE_WARP_CASES[2], 1),
      (1, 8, 2, 2, "variable", "variable", 1)])
 def test_channel_blocks_of_whole_warps(num_warps, tile, lanes, group, B_kind, C_kind,
                                        sums_per_tile):

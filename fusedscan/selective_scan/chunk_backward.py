@@ -439,10 +439,13 @@ def _bc_sum_at(lab, n0, dB_base, dC_base, stride_dBC_n, j0, T: tl.constexpr,
     """Where the sum labelled `lab` goes (label n·NVAR·T + v·T + column for state n0 + n, v = 0
     for the first variable one of (dB, dC), 1 for dC when both are), and its state and column."""
     NVAR: tl.constexpr = 2 if B_VARIABLE and C_VARIABLE else 1
-    first = dB_base if B_VARIABLE else dC_base
     col = lab % T
     n = n0 + lab // (T * NVAR)
-    at = tl.where((lab // T) % NVAR == 1, dC_base, first) + n * stride_dBC_n + j0 + col
+    if NVAR == 2:
+        base = tl.where((lab // T) % 2 == 1, dC_base, dB_base)
+    else:
+        base = dB_base if B_VARIABLE else dC_base
+    at = base + n * stride_dBC_n + j0 + col
     return at, n, col
 
 
@@ -934,8 +937,9 @@ def bwd_main_kernel(
 
 
 def _range_length(block_t, chunk_size, nvisit, programs_per_range, device):
-    """Positions per program of the main backward kernel: the largest power-of-two multiple of
-    block_t dividing chunk_size that still gives about two programs per SM."""
+    """Positions per program of the backward kernels: the largest power-of-two multiple of
+    block_t dividing chunk_size that still gives about two programs per SM to the kernel with
+    the fewest programs per range (programs_per_range)."""
     length = chunk_size
     target = 2 * multiprocessor_count(device)
     while length > block_t and programs_per_range * triton.cdiv(nvisit, length) < target:
@@ -1094,8 +1098,9 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
                          f"{tile} must divide block_t, and block_d = {block_d} must divide the "
                          f"channels per group, {per_cgroup}")
     n_dblocks = triton.cdiv(dim, block_d)
-    range_len = range_length or _range_length(block_t, chunk_size, nvisit, batch * n_dblocks,
-                                              u.device)
+    agg_dblocks = triton.cdiv(dim, agg_block_d)
+    range_len = range_length or _range_length(block_t, chunk_size, nvisit,
+                                              batch * min(n_dblocks, agg_dblocks), u.device)
     if chunk_size % range_len or range_len % block_t:
         raise ValueError(f"range_length = {range_len} must divide chunk_size = {chunk_size} and "
                          f"be a multiple of block_t = {block_t}")
@@ -1170,7 +1175,6 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
                      dim_per_group_C=dim // layout.C_groups, **bc(main_B, layout.B_variable, "B"),
                      **bc(main_C, layout.C_variable, "C"), B_VARIABLE=layout.B_variable,
                      C_VARIABLE=layout.C_variable)
-    agg_dblocks = triton.cdiv(dim, agg_block_d)
     agg_maxnreg = aggregates_maxnreg(batch * agg_dblocks * n_ranges, u.device)
     aggregates = LaunchPlan(
         bwd_range_aggregates_kernel, (batch * agg_dblocks, n_ranges), AGGREGATES_DYNAMIC_ARGS,
