@@ -4,11 +4,11 @@ For one (batch row, channel d, state n), over the visited positions t: a_t = exp
 b_t = Δ̂_t·u_t·B_t, h_t = a_t·h_{t−1} + b_t, dy_t = ∂L/∂y_t (dout·silu(z) with z), and
 g_t = ∂L/∂h_t = C_t·dy_t + a_{t+1}·g_{t+1}, with ∂L/∂last_state added at the last position. Then
 
-    ∂L/∂u_t = dy_t·D + Σ_n g_t·Δ̂_t·B_t         ∂L/∂B_t = Σ_d g_t·Δ̂_t·u_t     ∂L/∂C_t = Σ_d dy_t·h_t
-    ∂L/∂Δ̂_t = Σ_n g_t·(u_t·B_t + A_eff·a_t·h_{t−1}),   where a_t·h_{t−1} = h_t − b_t
+    ∂L/∂u_t = dy_t·D + Δ̂_t·Σ_n g_t·B_t         ∂L/∂B_t = Σ_d g_t·Δ̂_t·u_t     ∂L/∂C_t = Σ_d dy_t·h_t
+    ∂L/∂Δ̂_t = u_t·Σ_n g_t·B_t + Σ_n g_t·A_eff·a_t·h_{t−1},   where a_t·h_{t−1} = h_t − b_t
     ∂L/∂A_eff = Σ_t g_t·a_t·h_{t−1}·Δ̂_t          ∂L/∂initial_state = a_0·g_0
 
-and Δ̂'s chain (threshold mask, scale, softplus, bias) gives ∂L/∂delta and the parameters.
+(one sum Σ_n g_t·B_t serves ∂L/∂u and ∂L/∂Δ̂), and Δ̂'s chain (threshold mask, scale, softplus, bias) gives ∂L/∂delta and the parameters.
 
 The visited positions are cut into segments of BLOCK_T positions (128 on a GPU), and segments
 into ranges of range_len (a power-of-two multiple of BLOCK_T that divides CHUNK), one per program.
@@ -506,20 +506,21 @@ def _store_kept_bc_sums(wsum_at, n_labels, dstate, j0, j_hi, dB_base, dC_base, s
 
 @triton.jit
 def _bwd_states(
-    hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first, is_last,
+    hs, Gs, As, Bs, Cs, dt, dtu, dy, y, gB, ddt, lead_row, col_mask, is_first, is_last,
     n0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n, wsum_at, n_labels,
     NG: tl.constexpr, MULTI_GROUP: tl.constexpr, B_VARIABLE: tl.constexpr,
     C_VARIABLE: tl.constexpr, WARP_ROWS: tl.constexpr, SUMS_PER_TILE: tl.constexpr,
 ):
     """States n0 .. n0+NG-1 of one tile: rescans h from the states hs entering the tile, runs
     the reverse scan for g from the gradients Gs entering it from the right, adds their terms
-    to y, du and ddt and stores the tile's sums over the block's channels of dB and dC when
-    variable: with WARP_ROWS (a warp's rows; 0 when the block is not whole warps) all of the
-    group's together (_store_bc_sums; with SUMS_PER_TILE
-    only each warp's, at wsum_at, _keep_warp_bc_sums), else per state as row 0 of a
-    [BLOCK_D, BLOCK_T] tile (which keeps the tile's register layout). Returns the gradients
+    to y (h·C), gB (g·B: the tile makes du = D·dy + Δ̂·gB and adds u·gB to ddt once for all
+    states) and ddt (g·a·h_{t−1}·A_eff·ln 2), and stores the tile's sums over the block's
+    channels of dB and dC when variable: with WARP_ROWS (a warp's rows; 0 when the block is
+    not whole warps) all of the group's together (_store_bc_sums; with SUMS_PER_TILE only each
+    warp's, at wsum_at, _keep_warp_bc_sums), else per state as row 0 of a [BLOCK_D, BLOCK_T]
+    tile (which keeps the tile's register layout). Returns the gradients
     entering the tile's first position, the tile's sums over positions of ∂L/∂A_eff
-    (and of dB, dC when fixed), y, du and ddt. A padding state (n ≥ N) has
+    (and of dB, dC when fixed), y, gB and ddt. A padding state (n ≥ N) has
     A = B = C = 0 and adds nothing."""
     new_Gs = ()
     dAs = ()
@@ -543,15 +544,14 @@ def _bwd_states(
         g = _reverse_scan(a, c)
         new_Gs = new_Gs + (tl.sum(tl.where(is_first, a * g, -0.0), axis=1),)
         y += h * C_n
-        gdt = g * dt
-        du += gdt * B_n
-        ah = h - b  # a_t·h_{t−1}
-        ddt += g * (u * B_n + ah * (As[i] * LN2)[:, None])
-        dAs = dAs + (tl.sum(g * ah * dt, axis=1),)
+        gB += g * B_n
+        gah = g * (h - b)  # g_t·a_t·h_{t−1}
+        ddt += gah * (As[i] * LN2)[:, None]
+        dAs = dAs + (tl.sum(gah * dt, axis=1),)
         if not B_VARIABLE:
-            dBs = dBs + (tl.sum(gdt * u, axis=1),)
+            dBs = dBs + (tl.sum(g * dtu, axis=1),)
         elif not WARP_ROWS:
-            tl.store(dB_at + n * stride_dBC_n, tl.sum(gdt * u, axis=0)[None, :],
+            tl.store(dB_at + n * stride_dBC_n, tl.sum(g * dtu, axis=0)[None, :],
                      mask=lead_row & col_mask & state_ok)
         if not C_VARIABLE:
             dCs = dCs + (tl.sum(dy * h, axis=1),)
@@ -560,9 +560,9 @@ def _bwd_states(
                      mask=lead_row & col_mask & state_ok)
         if WARP_ROWS and B_VARIABLE and C_VARIABLE:
             # The state's two tiles paired at once (the first row bit): half the values live.
-            bc_tiles = bc_tiles + warp_sums((gdt * u, dy * h), 0, 1, WARP_ROWS)
+            bc_tiles = bc_tiles + warp_sums((g * dtu, dy * h), 0, 1, WARP_ROWS)
         elif WARP_ROWS and B_VARIABLE:
-            bc_tiles = bc_tiles + (gdt * u,)
+            bc_tiles = bc_tiles + (g * dtu,)
         elif WARP_ROWS and C_VARIABLE:
             bc_tiles = bc_tiles + (dy * h,)
     if WARP_ROWS and SUMS_PER_TILE and (B_VARIABLE or C_VARIABLE):
@@ -571,7 +571,7 @@ def _bwd_states(
     elif WARP_ROWS and (B_VARIABLE or C_VARIABLE):
         _store_bc_sums(bc_tiles, n0, dstate, j0, j_hi, dB_base, dC_base, stride_dBC_n,
                        B_VARIABLE, C_VARIABLE, WARP_ROWS)
-    return new_Gs, dAs, dBs, dCs, y, du, ddt
+    return new_Gs, dAs, dBs, dCs, y, gB, ddt
 
 
 @triton.jit
@@ -607,7 +607,7 @@ def _bwd_tile(
     tile_dD = tl.sum(dy * u, axis=1)
     dtu = dt * u
     y = u * D[:, None]
-    du = dy * D[:, None]
+    gB = tl.zeros(dt.shape, ACC)
     ddt = tl.zeros(dt.shape, ACC)
     zero_rows = (rows * 0)[:, None]
     # B and C (and the sums of their gradients) by visited index, like the forward kernel's.
@@ -629,8 +629,8 @@ def _bwd_tile(
         hs = _row_states(slot_rows, k, 0, nslot, row_ok, NG)
         Bs, Cs = _bc_tiles(0, dstate, B_src, stride_B_n, bc_offs_B, C_src, stride_C_n, bc_offs_C,
                            row_ok, col_mask, ACC, NG, MASK_T, B_VARIABLE, C_VARIABLE)
-        Gs, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
-            hs, Gs, As, Bs, Cs, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask, is_first,
+        Gs, tile_dA, tile_dB, tile_dC, y, gB, ddt = _bwd_states(
+            hs, Gs, As, Bs, Cs, dt, dtu, dy, y, gB, ddt, lead_row, col_mask, is_first,
             is_last, 0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at, stride_dBC_n,
             wsum_at, n_labels, NG, False, B_VARIABLE, C_VARIABLE, WARP_ROWS, SUMS_PER_TILE)
         dAs = _added(dAs, tile_dA, NG)
@@ -645,8 +645,8 @@ def _bwd_tile(
                 n0, k, dstate, slot_rows, gslot_rows, acc_rows, nslot, row_ok, A_rows, stride_A_n,
                 a_scale_rows, stride_as_n, flags, a_mult, B_src, stride_B_n, bc_offs_B, C_src,
                 stride_C_n, bc_offs_C, col_mask, ACC, NG, MASK_T, B_VARIABLE, C_VARIABLE)
-            Gs_g, tile_dA, tile_dB, tile_dC, y, du, ddt = _bwd_states(
-                hs_g, Gs_g, As_g, Bs_g, Cs_g, dt, u, dtu, dy, y, du, ddt, lead_row, col_mask,
+            Gs_g, tile_dA, tile_dB, tile_dC, y, gB, ddt = _bwd_states(
+                hs_g, Gs_g, As_g, Bs_g, Cs_g, dt, dtu, dy, y, gB, ddt, lead_row, col_mask,
                 is_first, is_last, n0, dstate, j0, j_hi, dB_base, dC_base, dB_at, dC_at,
                 stride_dBC_n, wsum_at, n_labels, NG, True, B_VARIABLE, C_VARIABLE, WARP_ROWS,
                 SUMS_PER_TILE)
@@ -666,6 +666,8 @@ def _bwd_tile(
                             stride_dBC_n, BLOCK_T, rows.shape[0], B_VARIABLE, C_VARIABLE,
                             WARP_ROWS)
 
+    du = dy * D[:, None] + dt * gB
+    ddt += u * gB
     store_mask = row_ok[:, None] & col_ok[None, :]
     # What only the stores need is loaded again here rather than kept live across the states.
     if HAS_Z:
