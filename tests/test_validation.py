@@ -82,15 +82,21 @@ CASES = [
      ["keep_idx", "batch"]),
     (dict(keep_idx=torch.zeros(BATCH, 0, dtype=torch.int64, device=DEVICE)), ValueError,
      ["keep_idx", "K >= 1"]),
-    (dict(keep_idx=torch.tensor([[0, 2, 2], [1, 2, 3]], device=DEVICE), check_keep_idx=True),
+    (dict(keep_idx=torch.tensor([[0, 2, 2], [1, 2, 3]], device=DEVICE), check_values=True),
      ValueError, ["keep_idx", "strictly increasing"]),
-    (dict(keep_idx=torch.tensor([[0, 2, 1], [1, 2, 3]], device=DEVICE), check_keep_idx=True),
+    (dict(keep_idx=torch.tensor([[0, 2, 1], [1, 2, 3]], device=DEVICE), check_values=True),
      ValueError, ["keep_idx", "strictly increasing"]),
-    (dict(keep_idx=torch.tensor([[0, 2, L], [1, 2, 3]], device=DEVICE), check_keep_idx=True),
+    (dict(keep_idx=torch.tensor([[0, 2, L], [1, 2, 3]], device=DEVICE), check_values=True),
      ValueError, ["keep_idx", "[0, L)"]),
-    (dict(keep_idx=torch.tensor([[-1, 2, 3], [1, 2, 3]], device=DEVICE), check_keep_idx=True),
+    (dict(keep_idx=torch.tensor([[-1, 2, 3], [1, 2, 3]], device=DEVICE), check_values=True),
      ValueError, ["keep_idx", "[0, L)"]),
-    (dict(check_keep_idx=1), TypeError, ["check_keep_idx", "bool"]),
+    (dict(check_values=1), TypeError, ["check_values", "bool"]),
+    (dict(A=(-t(DIM, N).abs()).index_put_((torch.tensor(3), torch.tensor(1)), torch.tensor(0.5)),
+          check_values=True), ValueError, ["A must be <= 0", "A[3, 1] = 0.5"]),
+    (dict(delta_scale=t(DIM).abs().index_fill_(0, torch.tensor(2), -1.0), check_values=True),
+     ValueError, ["delta_scale must be >= 0", "delta_scale[2] = -1"]),
+    (dict(a_scale=t(DIM).abs().index_fill_(0, torch.tensor(6), -2.0), check_values=True),
+     ValueError, ["a_scale must be >= 0", "a_scale[6] = -2"]),
     (dict(u=t(BATCH, DIM, 0), delta=t(BATCH, DIM, 0)), ValueError, ["u", ">= 1"]),
     (dict(D=torch.randn(DIM, device="meta")), ValueError, ["D", "device"]),
 ]
@@ -143,6 +149,44 @@ def test_bad_keep_idx_values_give_nan_without_waiting(case):
     assert torch.isfinite(out[0, :, :first_bad]).all()
     assert torch.isnan(out[0, :, first_bad:]).all() and torch.isnan(last[0]).all()
     assert torch.equal(out[1], ref_out[1]) and torch.equal(last[1], ref_last[1])
+
+
+GROWING = {
+    # (override of the valid inputs, channel d and states whose state grows without bound)
+    "A": (lambda c: dict(A=c["A"].index_put((torch.tensor(3), torch.tensor(1)),
+                                              torch.tensor(0.25, device=DEVICE))), 3, [1]),
+    "a_scale": (lambda c: dict(a_scale=c["a_scale"].index_fill(0, torch.tensor(6, device=DEVICE),
+                                                                -0.5)), 6, slice(None)),
+    "delta_scale": (lambda c: dict(delta_scale=c["delta_scale"].index_fill(
+        0, torch.tensor(2, device=DEVICE), -1.0)), 2, slice(None)),
+}
+
+
+@pytest.mark.parametrize("case", GROWING)
+def test_growing_states_give_nan_without_waiting(case):
+    """A_eff > 0 or delta_scale < 0 (values the host does not read) make the channel's out, the
+    growing states and the gradients NaN; the other channels are untouched."""
+    over, d, states = GROWING[case]
+    call = base(return_last_state=True, keep_idx=None)
+    u, delta, A, B, C = (call.pop(k) for k in ("u", "delta", "A", "B", "C"))
+    ref_out, ref_last = selective_scan_ext(u, delta, A, B, C, **call)
+    bad = over(dict(call, A=A))
+    A = bad.pop("A", A)
+    call.update(bad)
+    u = u.detach().requires_grad_()
+    out, last = selective_scan_ext(u, delta, A, B, C, **call)
+    others = [c for c in range(DIM) if c != d]
+    assert torch.isnan(out[:, d]).all() and torch.isnan(last[:, d, states]).all()
+    assert torch.equal(out[:, others], ref_out[:, others])
+    assert torch.equal(last[:, others], ref_last[:, others])
+    out.float().sum().backward()
+    assert torch.isnan(u.grad[:, d]).all()
+    step = step_base(**{k: v for k, v in call.items() if k in ("a_scale", "delta_scale")},
+                     A=A, delta_threshold=None)
+    state = step["state"]
+    step_out = selective_state_update_ext(**step)
+    assert torch.isnan(step_out[:, d]).all() and torch.isnan(state[:, d, states]).all()
+    assert torch.isfinite(step_out[:, others]).all() and torch.isfinite(state[:, others]).all()
 
 
 def test_float_scales_are_accepted_as_numbers():
@@ -200,6 +244,12 @@ STEP_CASES = [
     (dict(delta_threshold=t(DIM, 1)), ValueError, ["delta_threshold", "(dim,)"]),
     (dict(D=torch.randn(DIM, device="meta")), ValueError, ["D", "device"]),
     (dict(dt_bias=t(DIM).requires_grad_()), ValueError, ["dt_bias", "no_grad"]),
+    (dict(check_values="yes"), TypeError, ["check_values", "bool"]),
+    (dict(A=t(DIM, N).abs(), check_values=True), ValueError, ["A must be <= 0", "A[0, 0]"]),
+    (dict(a_scale=-t(DIM, N).abs(), check_values=True), ValueError,
+     ["a_scale must be >= 0", "a_scale[0, 0]"]),
+    (dict(delta_scale=-t(DIM).abs(), check_values=True), ValueError,
+     ["delta_scale must be >= 0", "delta_scale[0]"]),
 ]
 
 

@@ -12,6 +12,7 @@ from fusedscan.selective_scan.options import (
     GRAD_INPUTS, BCLayout, ScanOptions, from_op_args, op_args,
 )
 from fusedscan.selective_scan.validate import check_inputs, check_keep_idx_values
+from fusedscan.utils.checks import check_decay_values
 from fusedscan.utils.launch import PlanKey, SignatureCache, channel_vectors
 
 
@@ -192,7 +193,7 @@ def scan(u, delta, A, B, C, opts, layout, return_last_state=False, plan_key=None
 
 def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, *, initial_state=None, delta_scale=None,
-                       a_scale=None, delta_threshold=None, keep_idx=None, check_keep_idx=False):
+                       a_scale=None, delta_threshold=None, keep_idx=None, check_values=False):
     """Mamba's selective scan (S6) with the length-extension controls fused in.
 
     The positional arguments are those of mamba-ssm's ``selective_scan_fn``; with no keyword
@@ -226,10 +227,13 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
     Raises TypeError / ValueError (NotImplementedError for complex A, B or C) naming the argument
     before any kernel runs. Tensors must be on one CUDA device, or on the CPU when TRITON_INTERPRET=1
-    was set before fusedscan was imported. keep_idx's values are checked on the device, so that
-    the call never waits for the GPU: from an entry that is out of [0, L) or not above the one
-    before it, that row's out and last_state are NaN. check_keep_idx=True checks them on the
-    host instead, raising ValueError (at the cost of a synchronization).
+    was set before fusedscan was imported. The values of tensors are checked on the device, so
+    that the call never waits for the GPU: from a keep_idx entry that is out of [0, L) or not
+    above the one before it, that row's out and last_state are NaN; a channel whose A_eff has a
+    positive entry (A > 0 or a negative a_scale) or whose delta_scale is negative (a state that
+    would grow without bound) has NaN out and last_state, and NaN gradients. check_values=True
+    checks keep_idx, A <= 0 and tensor scales >= 0 on the host instead, raising ValueError (at
+    the cost of a synchronization).
 
     Differentiable in every floating input (u, delta, A, B, C, D, z, delta_bias, initial_state,
     and delta_scale, a_scale when tensors) through both out and last_state; delta_threshold and
@@ -238,15 +242,17 @@ def selective_scan_ext(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     Gradients come back in each input's dtype; the backward pass is deterministic.
 
     Under torch.compile the kernels run as the torch custom ops fusedscan::selective_scan_fwd /
-    _bwd, traced without a graph break (check_keep_idx=True breaks the graph).
+    _bwd, traced without a graph break (check_values=True breaks the graph).
     """
     layout, plan_key, copy_vectors = check_inputs(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state,
         delta_scale, a_scale, delta_threshold, keep_idx)
-    if not isinstance(check_keep_idx, bool):
-        raise TypeError(f"check_keep_idx must be a bool, got {type(check_keep_idx).__name__}")
-    if check_keep_idx and keep_idx is not None:
-        check_keep_idx_values(keep_idx, u.shape[2])
+    if not isinstance(check_values, bool):
+        raise TypeError(f"check_values must be a bool, got {type(check_values).__name__}")
+    if check_values:
+        check_decay_values(A, delta_scale, a_scale)
+        if keep_idx is not None:
+            check_keep_idx_values(keep_idx, u.shape[2])
     if copy_vectors:
         D, delta_bias, delta_scale, delta_threshold = channel_vectors(D, delta_bias, delta_scale,
                                                                       delta_threshold)

@@ -7,8 +7,8 @@ from torch import Tensor
 
 from fusedscan.selective_state_update.step import selective_state_update
 from fusedscan.utils.checks import (
-    ACTIVATION_DTYPES, F64, check_dtype, check_param, check_scale, check_shape, check_tensor,
-    param_dtypes, state_size_note,
+    ACTIVATION_DTYPES, F64, check_decay_values, check_dtype, check_param, check_scale, check_shape,
+    check_tensor, param_dtypes, state_size_note,
 )
 from fusedscan.utils.device import check_devices
 from fusedscan.utils.launch import channel_vectors, join_scale, split_scale
@@ -106,7 +106,7 @@ def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, delta_scale_t, delta_sc
 
 def selective_state_update_ext(state, x, dt, A, B, C, D=None, z=None, dt_bias=None,
                                dt_softplus=False, *, delta_scale=None, a_scale=None,
-                               delta_threshold=None):
+                               delta_threshold=None, check_values=False):
     """One decoding step of ``selective_scan_ext``: advances ``state`` in place by one token.
 
     Shapes (batch, dim; N states; G groups):
@@ -133,10 +133,18 @@ def selective_state_update_ext(state, x, dt, A, B, C, D=None, z=None, dt_bias=No
 
     Returns out (batch, dim) in x's dtype. Inference only: raises ValueError when grad mode is on
     and an input requires grad. Bad input raises TypeError / ValueError naming the argument
-    before the kernel runs; the call never synchronises with the host (CUDA-graph safe).
+    before the kernel runs; the call never synchronises with the host (CUDA-graph safe): the
+    values of tensors are checked on the device, where a channel whose A_eff has a positive
+    entry (A > 0 or a negative a_scale) or whose delta_scale is negative gets a NaN out and
+    state. check_values=True checks A <= 0 and tensor scales >= 0 on the host instead, raising
+    ValueError (at the cost of a synchronization).
     """
     B_groups, C_groups = check_step_inputs(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus,
                                            delta_scale, a_scale, delta_threshold)
+    if not isinstance(check_values, bool):
+        raise TypeError(f"check_values must be a bool, got {type(check_values).__name__}")
+    if check_values:
+        check_decay_values(A, delta_scale, a_scale)
     D, dt_bias, delta_scale, delta_threshold = channel_vectors(D, dt_bias, delta_scale,
                                                                delta_threshold)
     if torch.compiler.is_compiling():

@@ -73,6 +73,21 @@ def check_scale(name, x, shapes, dtypes, note=""):
                              f"got {tuple(x.shape)}{note}")
 
 
+def check_decay_values(A, delta_scale, a_scale):
+    """A <= 0 and tensor scales >= 0, read on the host (this waits for the GPU): otherwise the
+    state grows without bound. Without this check the kernels make such a channel's outputs
+    NaN (where A_eff = A·a_scale > 0 or delta_scale < 0)."""
+    checks = [("A", A, A > 0, "<= 0 (a positive entry")]
+    for name, x in (("delta_scale", delta_scale), ("a_scale", a_scale)):
+        if isinstance(x, torch.Tensor):
+            checks.append((name, x, x < 0, ">= 0 (a negative scale"))
+    for name, x, bad, rule in checks:
+        if bool(bad.any()):
+            at = tuple(bad.nonzero()[0].tolist())
+            raise ValueError(f"{name} must be {rule} makes the state grow without bound), got "
+                             f"{name}[{', '.join(map(str, at))}] = {x[at].item():g}")
+
+
 def param_dtypes(name, activation):
     """(parameter dtypes, activation dtypes) allowed beside the activation tensor `name`, each
     saying in its errors that `name` decides them."""

@@ -86,11 +86,13 @@ def delta_hat(delta, delta_bias, delta_scale, delta_threshold, flags):
 @triton.jit
 def channel_params(rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags,
                    delta_mult):
-    """Per-channel Δ̂ parameters, absent ones at their neutral value."""
+    """Per-channel Δ̂ parameters, absent ones at their neutral value. A negative delta_scale
+    (its values are not read on the host) becomes NaN: the decay would turn into growth."""
     delta_bias = tl.load(delta_bias_ptr + rows, mask=row_ok & ((flags & FLAG_DELTA_BIAS) != 0),
                          other=0.0)
-    delta_scale = delta_mult * tl.load(delta_scale_ptr + rows,
-                                       mask=row_ok & ((flags & FLAG_DELTA_SCALE) != 0), other=1.0)
+    delta_scale = tl.load(delta_scale_ptr + rows, mask=row_ok & ((flags & FLAG_DELTA_SCALE) != 0),
+                          other=1.0)
+    delta_scale = delta_mult * tl.where(delta_scale < 0, float("nan"), delta_scale)
     delta_threshold = tl.load(delta_threshold_ptr + rows,
                               mask=row_ok & ((flags & FLAG_THRESHOLD) != 0), other=float("-inf"))
     return delta_bias, delta_scale, delta_threshold
@@ -103,8 +105,10 @@ def load_D(D_ptr, rows, row_ok, flags):
 
 @triton.jit
 def load_A(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n, row_ok):
-    """A_eff[:, n]·log2(e) for the block's rows (0 for padding states n ≥ N)."""
+    """A_eff[:, n]·log2(e) for the block's rows (0 for padding states n ≥ N). A positive A_eff
+    (A > 0, or a negative a_scale; their values are not read on the host) becomes NaN: the
+    state would grow without bound."""
     A_n = tl.load(A_rows + n * stride_A_n, mask=row_ok, other=0.0)
     A_n *= tl.load(a_scale_rows + n * stride_as_n, mask=row_ok & ((flags & FLAG_A_SCALE) != 0),
                    other=1.0)
-    return A_n * a_mult
+    return tl.where(A_n > 0, float("nan"), A_n) * a_mult
