@@ -19,7 +19,8 @@ The first two kernels take the forward kernel's layout: one channel row per thre
    its range backwards, one exp(Δ̂·A) per position and state for both directions: for every
    segment the gradient reaching it from the rest of the range (G = a_{t+1}·g_{t+1} at the
    segment's last position t) with the Σ Δ̂ between, and for the range the gradient it passes to
-   its left from zero on its right, the state it ends in from a zero start, and its Σ Δ̂.
+   its left from zero on its right, its Σ Δ̂ and, where a later range of its chunk needs it, the
+   state it ends in from a zero start (elsewhere it reads no B).
 2. `bwd_main_kernel`: one program per (batch row, block of channels, range). It first folds the
    range aggregates: the chunk's earlier ranges into the state the forward saved at the chunk's
    start (every CHUNK positions), giving the state entering its range, and the later ranges
@@ -122,12 +123,13 @@ def _aggregate_tile(j0, j_hi, seqlen, Hs, Ps, Gs, As, n0, dstate, rows, row_ok, 
                     C_src, stride_C_n, stride_C_l, delta_bias, delta_scale, delta_threshold,
                     flags, NG: tl.constexpr, MASK_T: tl.constexpr, HAS_Z: tl.constexpr,
                     HAS_KEEP_IDX: tl.constexpr, B_VARIABLE: tl.constexpr,
-                    C_VARIABLE: tl.constexpr):
+                    C_VARIABLE: tl.constexpr, WITH_H: tl.constexpr):
     """The tile at j0 joined in front of the positions after it (states n0 .. n0+NG-1): with
-    the tile's prefix products p_s = Π_{m≤s} a_m (from the same scan as its end state h_T from
-    zero), the state Hs that those positions hand on from a zero start becomes Hs + Ps·h_T, their
-    decay Ps becomes Ps·p_T, and the gradient Gs entering them from the right becomes
-    Σ_s p_s·C_s·dy_s + p_T·Gs. Also returns the tile's Σ Δ̂."""
+    the tile's prefix products p_s = Π_{m≤s} a_m, the gradient Gs entering them from the right
+    becomes Σ_s p_s·C_s·dy_s + p_T·Gs. WITH_H, p comes from the same scan as the tile's end
+    state h_T from zero, and the state Hs that those positions hand on from a zero start
+    becomes Hs + Ps·h_T, their decay Ps becomes Ps·p_T; otherwise Hs and Ps pass unchanged and
+    B is not read. Also returns the tile's Σ Δ̂."""
     ACC = Gs[0].dtype
     j, pos, col_ok, col_mask, _ = tile_columns(j0, j_hi, cols, rows, keep_row, stride_keep_k,
                                                 seqlen, MASK_T, HAS_KEEP_IDX)
@@ -146,27 +148,119 @@ def _aggregate_tile(j0, j_hi, seqlen, Hs, Ps, Gs, As, n0, dstate, rows, row_ok, 
     new_Gs = ()
     for i in tl.static_range(NG):
         state_ok = n0 + i < dstate
-        B_n = load_bc(B_src, n0 + i, stride_B_n, zero_rows + j[None, :] * stride_B_l, row_ok,
-                      state_ok, col_mask, ACC, MASK_T, B_VARIABLE)
         C_n = load_bc(C_src, n0 + i, stride_C_n, zero_rows + j[None, :] * stride_C_l, row_ok,
                       state_ok, col_mask, ACC, MASK_T, C_VARIABLE)
-        p, h = tl.associative_scan((tl.exp2(dt * As[i][:, None]), dtu * B_n), axis=1,
-                                   combine_fn=scan_combine)
-        p_T = tl.sum(tl.where(is_last, p, -0.0), axis=1)
-        new_Hs = new_Hs + (Hs[i] + Ps[i] * tl.sum(tl.where(is_last, h, -0.0), axis=1),)
-        new_Ps = new_Ps + (Ps[i] * p_T,)
+        a = tl.exp2(dt * As[i][:, None])
+        if WITH_H:
+            B_n = load_bc(B_src, n0 + i, stride_B_n, zero_rows + j[None, :] * stride_B_l,
+                          row_ok, state_ok, col_mask, ACC, MASK_T, B_VARIABLE)
+            p, h = tl.associative_scan((a, dtu * B_n), axis=1, combine_fn=scan_combine)
+            p_T = tl.sum(tl.where(is_last, p, -0.0), axis=1)
+            new_Hs = new_Hs + (Hs[i] + Ps[i] * tl.sum(tl.where(is_last, h, -0.0), axis=1),)
+            new_Ps = new_Ps + (Ps[i] * p_T,)
+        else:
+            p = tl.cumprod(a, axis=1)
+            p_T = tl.sum(tl.where(is_last, p, -0.0), axis=1)
+            new_Hs = new_Hs + (Hs[i],)
+            new_Ps = new_Ps + (Ps[i],)
         new_Gs = new_Gs + (tl.sum(p * (C_n * dy), axis=1) + p_T * Gs[i],)
     return new_Hs, new_Ps, new_Gs, tl.sum(dt, axis=1)
 
 
-@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_gtiles", "n_ranges", "range_len",
-                               "n_groups", "off_gcarry", "off_seg_decay", "off_range_agg",
-                               "off_range_hend", "off_range_decay"])
+@triton.jit(noinline=True)
+def _range_group_aggregates(g, ptrs, sizes, offsets, strides, SEG: tl.constexpr,
+                            BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr, NG: tl.constexpr,
+                            HAS_Z: tl.constexpr, HAS_KEEP_IDX: tl.constexpr,
+                            B_VARIABLE: tl.constexpr, C_VARIABLE: tl.constexpr,
+                            WITH_H: tl.constexpr):
+    """bwd_range_aggregates_kernel's work for its range and states g·NG .. g·NG+NG-1, the
+    kernel's arguments packed in tuples: walks the range's positions backwards and stores each
+    segment's gcarry (and with g = 0 its seg_decay), the range's range_agg, range_hend (WITH_H,
+    else zero) and (g = 0) range_decay. A function of its own (noinline takes scalars only):
+    Triton's coalescing pass, whose time grows about as the square of a function's size, then
+    sees the two forms (WITH_H or not) one at a time."""
+    (u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
+     delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, work_ptr) = ptrs
+    (delta_mult, a_mult, dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C,
+     n_dblocks, n_gtiles, n_ranges, range_len, flags) = sizes
+    off_gcarry, off_seg_decay, off_range_agg, off_range_hend, off_range_decay = offsets
+    (stride_u_b, stride_u_d, stride_u_l, stride_delta_b, stride_delta_d, stride_delta_l,
+     stride_z_b, stride_z_d, stride_z_l, stride_dout_b, stride_dout_d, stride_dout_l,
+     stride_A_d, stride_A_n, stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b,
+     stride_C_g, stride_C_n, stride_C_l, stride_as_d, stride_as_n, stride_keep_b, stride_keep_k,
+     stride_dlast_b, stride_dlast_d, stride_dlast_n) = strides
+    b, d0, rows, row_ok, rows64, in_rows64 = row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
+    r = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_T)
+    u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
+    delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
+    z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
+    dout_rows = (dout_ptr + b * stride_dout_b + in_rows64 * stride_dout_d)[:, None]
+    keep_row = keep_idx_ptr + b * stride_keep_b
+    B_src = bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
+    C_src = bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
+    delta_bias, delta_scale, delta_threshold = channel_params(
+        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
+    g_rows = work_ptr + off_gcarry + (b * dim + rows64) * n_gtiles * dstate
+    decay_rows = work_ptr + off_seg_decay + b * n_gtiles * dim + rows64
+    range_rows = (b * n_ranges + r) * dim + rows64
+    dlast_rows = dlast_ptr + b * stride_dlast_b + rows64 * stride_dlast_d
+    from_dlast = (r == n_ranges - 1) & ((flags & FLAG_DLAST) != 0)
+    n0 = g * NG
+    Gs = ()
+    Hs = ()
+    Ps = ()
+    for i in tl.static_range(NG):
+        Gs = Gs + (tl.load(dlast_rows + (n0 + i) * stride_dlast_n,
+                           mask=row_ok & (n0 + i < dstate) & from_dlast, other=0.0),)
+        Hs = Hs + (tl.zeros([BLOCK_D], A_ptr.dtype.element_ty),)
+        Ps = Ps + (tl.full([BLOCK_D], 1.0, A_ptr.dtype.element_ty),)
+    As = load_As(A_ptr + rows64 * stride_A_d, stride_A_n, a_scale_ptr + rows64 * stride_as_d,
+                 stride_as_n, flags, a_mult, n0, dstate, row_ok, NG)
+
+    # In whole segments, so that the compiler sees every tile start aligned for vector loads.
+    j_lo = r * (range_len // SEG) * SEG
+    j_hi = tl.minimum(j_lo + range_len, nvisit)
+    after = tl.zeros([BLOCK_D], A_ptr.dtype.element_ty)
+    n_segs = tl.cdiv(j_hi - j_lo, SEG)
+    for s_rev in range(n_segs):
+        s0 = j_lo + (n_segs - 1 - s_rev) * SEG
+        s_hi = tl.minimum(s0 + SEG, j_hi)
+        store_states(g_rows + (s0 // SEG) * dstate, n0, dstate, Gs, row_ok, NG)
+        tl.store(decay_rows + (s0 // SEG) * dim, after, mask=row_ok & (g == 0))
+        n_full = (s_hi - s0) // BLOCK_T
+        # Only the last range can end inside a tile, and it never needs its end state.
+        if (not WITH_H) and s0 + n_full * BLOCK_T < s_hi:
+            Hs, Ps, Gs, total = _aggregate_tile(
+                s0 + n_full * BLOCK_T, s_hi, seqlen, Hs, Ps, Gs, As, n0, dstate, rows, row_ok,
+                cols, u_rows, delta_rows, z_rows, dout_rows, keep_row, stride_u_l,
+                stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, B_src, stride_B_n,
+                stride_B_l, C_src, stride_C_n, stride_C_l, delta_bias, delta_scale,
+                delta_threshold, flags, NG, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE,
+                WITH_H)
+            after += total
+        for k_rev in range(n_full):
+            Hs, Ps, Gs, total = _aggregate_tile(
+                s0 + (n_full - 1 - k_rev) * BLOCK_T, s_hi, seqlen, Hs, Ps, Gs, As, n0, dstate,
+                rows, row_ok, cols, u_rows, delta_rows, z_rows, dout_rows, keep_row, stride_u_l,
+                stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, B_src, stride_B_n,
+                stride_B_l, C_src, stride_C_n, stride_C_l, delta_bias, delta_scale,
+                delta_threshold, flags, NG, False, HAS_Z, HAS_KEEP_IDX, B_VARIABLE, C_VARIABLE,
+                WITH_H)
+            after += total
+    store_states(work_ptr + off_range_agg + range_rows * dstate, n0, dstate, Gs, row_ok, NG)
+    store_states(work_ptr + off_range_hend + range_rows * dstate, n0, dstate, Hs, row_ok, NG)
+    tl.store(work_ptr + off_range_decay + range_rows, after, mask=row_ok & (g == 0))
+
+
+@triton.jit(do_not_specialize=["flags", "n_dblocks", "n_gtiles", "n_ranges", "chunk_ranges",
+                               "range_len", "n_groups", "off_gcarry", "off_seg_decay",
+                               "off_range_agg", "off_range_hend", "off_range_decay"])
 def bwd_range_aggregates_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr, a_scale_ptr,
     delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, work_ptr, delta_mult, a_mult,
     dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C, n_dblocks, n_gtiles,
-    n_ranges, range_len, n_groups, flags, off_gcarry, off_seg_decay, off_range_agg,
+    n_ranges, chunk_ranges, range_len, n_groups, flags, off_gcarry, off_seg_decay, off_range_agg,
     off_range_hend, off_range_decay,
     stride_u_b, stride_u_d, stride_u_l,
     stride_delta_b, stride_delta_d, stride_delta_l,
@@ -189,77 +283,34 @@ def bwd_range_aggregates_kernel(
     gradient entering it from the rest of its range, gcarry (batch, dim, n_gtiles, N), and
     seg_decay (batch, n_gtiles, dim), the Σ Δ̂ of the range's positions after it; for the range,
     range_agg (batch, n_ranges, dim, N), the gradient it passes to its left from zero on its
-    right, range_hend (same shape), the state it ends in from a zero start, and range_decay
+    right, range_hend (same shape), the state it ends in from a zero start (written only where a
+    later range of its chunk (chunk_ranges ranges) folds it; zero elsewhere), and range_decay
     (batch, n_ranges, dim), its Σ Δ̂; each at its offset off_* in the workspace work_ptr. B and
     C are read by visited index (with keep_idx, the kept positions' copies). With X the gradient
     entering the range from the right (_range_carries), the gradient entering segment k is
     gcarry + exp(A_eff·seg_decay)·X; the main kernel folds range_hend into the state entering
     each range (_range_start_states)."""
-    b, d0, rows, row_ok, rows64, in_rows64 = row_setup(tl.program_id(0), n_dblocks, dim, BLOCK_D)
     r = tl.program_id(1)
-    cols = tl.arange(0, BLOCK_T)
-    u_rows = (u_ptr + b * stride_u_b + in_rows64 * stride_u_d)[:, None]
-    delta_rows = (delta_ptr + b * stride_delta_b + in_rows64 * stride_delta_d)[:, None]
-    z_rows = (z_ptr + b * stride_z_b + in_rows64 * stride_z_d)[:, None]
-    dout_rows = (dout_ptr + b * stride_dout_b + in_rows64 * stride_dout_d)[:, None]
-    keep_row = keep_idx_ptr + b * stride_keep_b
-    A_rows = A_ptr + rows64 * stride_A_d
-    a_scale_rows = a_scale_ptr + rows64 * stride_as_d
-    B_src = bc_source(B_ptr, b, d0, rows64, dim_per_group_B, stride_B_b, stride_B_g, B_VARIABLE)
-    C_src = bc_source(C_ptr, b, d0, rows64, dim_per_group_C, stride_C_b, stride_C_g, C_VARIABLE)
-    delta_bias, delta_scale, delta_threshold = channel_params(
-        rows, row_ok, delta_bias_ptr, delta_scale_ptr, delta_threshold_ptr, flags, delta_mult)
-    g_rows = work_ptr + off_gcarry + (b * dim + rows64) * n_gtiles * dstate
-    decay_rows = work_ptr + off_seg_decay + b * n_gtiles * dim + rows64
-    range_rows = (b * n_ranges + r) * dim + rows64
-    dlast_rows = dlast_ptr + b * stride_dlast_b + rows64 * stride_dlast_d
-    from_dlast = (r == n_ranges - 1) & ((flags & FLAG_DLAST) != 0)
-
-    # In whole segments, so that the compiler sees every tile start aligned for vector loads.
-    segs_per_range = range_len // SEG
-    j_lo = r * segs_per_range * SEG
-    j_hi = tl.minimum(j_lo + range_len, nvisit)
-    n_segs = tl.cdiv(j_hi - j_lo, SEG)
+    # Only a range that a later range of its chunk folds (_range_start_states) needs its end
+    # state; the others scan the decay products alone and read no B.
+    needs_hend = ((r + 1) % chunk_ranges != 0) & (r < n_ranges - 1)
+    args = ((u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, z_ptr, delta_bias_ptr, delta_scale_ptr,
+             a_scale_ptr, delta_threshold_ptr, keep_idx_ptr, dout_ptr, dlast_ptr, work_ptr),
+            (delta_mult, a_mult, dim, dstate, seqlen, nvisit, dim_per_group_B, dim_per_group_C,
+             n_dblocks, n_gtiles, n_ranges, range_len, flags),
+            (off_gcarry, off_seg_decay, off_range_agg, off_range_hend, off_range_decay),
+            (stride_u_b, stride_u_d, stride_u_l, stride_delta_b, stride_delta_d, stride_delta_l,
+             stride_z_b, stride_z_d, stride_z_l, stride_dout_b, stride_dout_d, stride_dout_l,
+             stride_A_d, stride_A_n, stride_B_b, stride_B_g, stride_B_n, stride_B_l, stride_C_b,
+             stride_C_g, stride_C_n, stride_C_l, stride_as_d, stride_as_n, stride_keep_b,
+             stride_keep_k, stride_dlast_b, stride_dlast_d, stride_dlast_n))
     for g in range(n_groups):
-        n0 = g * NG
-        Gs = ()
-        Hs = ()
-        Ps = ()
-        for i in tl.static_range(NG):
-            Gs = Gs + (tl.load(dlast_rows + (n0 + i) * stride_dlast_n,
-                               mask=row_ok & (n0 + i < dstate) & from_dlast, other=0.0),)
-            Hs = Hs + (tl.zeros([BLOCK_D], A_ptr.dtype.element_ty),)
-            Ps = Ps + (tl.full([BLOCK_D], 1.0, A_ptr.dtype.element_ty),)
-        As = load_As(A_rows, stride_A_n, a_scale_rows, stride_as_n, flags, a_mult, n0,
-                      dstate, row_ok, NG)
-        after = tl.zeros([BLOCK_D], A_ptr.dtype.element_ty)
-        for s_rev in range(n_segs):
-            s0 = j_lo + (n_segs - 1 - s_rev) * SEG
-            s_hi = tl.minimum(s0 + SEG, j_hi)
-            store_states(g_rows + (s0 // SEG) * dstate, n0, dstate, Gs, row_ok, NG)
-            tl.store(decay_rows + (s0 // SEG) * dim, after, mask=row_ok & (g == 0))
-            n_full = (s_hi - s0) // BLOCK_T
-            if s0 + n_full * BLOCK_T < s_hi:
-                Hs, Ps, Gs, total = _aggregate_tile(
-                    s0 + n_full * BLOCK_T, s_hi, seqlen, Hs, Ps, Gs, As, n0, dstate, rows, row_ok,
-                    cols, u_rows, delta_rows, z_rows, dout_rows, keep_row, stride_u_l,
-                    stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, B_src, stride_B_n,
-                    stride_B_l, C_src, stride_C_n, stride_C_l, delta_bias, delta_scale,
-                    delta_threshold, flags, NG, True, HAS_Z, HAS_KEEP_IDX, B_VARIABLE,
-                    C_VARIABLE)
-                after += total
-            for k_rev in range(n_full):
-                Hs, Ps, Gs, total = _aggregate_tile(
-                    s0 + (n_full - 1 - k_rev) * BLOCK_T, s_hi, seqlen, Hs, Ps, Gs, As, n0,
-                    dstate, rows, row_ok, cols, u_rows, delta_rows, z_rows, dout_rows, keep_row,
-                    stride_u_l, stride_delta_l, stride_z_l, stride_dout_l, stride_keep_k, B_src,
-                    stride_B_n, stride_B_l, C_src, stride_C_n, stride_C_l, delta_bias,
-                    delta_scale, delta_threshold, flags, NG, False, HAS_Z, HAS_KEEP_IDX,
-                    B_VARIABLE, C_VARIABLE)
-                after += total
-        store_states(work_ptr + off_range_agg + range_rows * dstate, n0, dstate, Gs, row_ok, NG)
-        store_states(work_ptr + off_range_hend + range_rows * dstate, n0, dstate, Hs, row_ok, NG)
-        tl.store(work_ptr + off_range_decay + range_rows, after, mask=row_ok & (g == 0))
+        if needs_hend:
+            _range_group_aggregates(g, *args, SEG, BLOCK_D, BLOCK_T, NG, HAS_Z, HAS_KEEP_IDX,
+                                    B_VARIABLE, C_VARIABLE, True)
+        else:
+            _range_group_aggregates(g, *args, SEG, BLOCK_D, BLOCK_T, NG, HAS_Z, HAS_KEEP_IDX,
+                                    B_VARIABLE, C_VARIABLE, False)
 
 
 @triton.jit
@@ -1179,8 +1230,8 @@ def backward_plan(dout, dlast, u, delta, A, B, C, main_B, main_C, opts, layout, 
     aggregates = LaunchPlan(
         bwd_range_aggregates_kernel, (batch * agg_dblocks, n_ranges), AGGREGATES_DYNAMIC_ARGS,
         device, absent, n_dblocks=agg_dblocks, n_gtiles=n_gtiles, n_ranges=n_ranges,
-        range_len=range_len, n_groups=n_groups, **common, **u_strides, **z_strides,
-        **dout_strides, **bc_consts,
+        chunk_ranges=chunk_size // range_len, range_len=range_len, n_groups=n_groups, **common,
+        **u_strides, **z_strides, **dout_strides, **bc_consts,
         **dict(zip(("stride_dlast_b", "stride_dlast_d", "stride_dlast_n"), strides(dlast, 3))),
         SEG=block_t, BLOCK_D=agg_block_d, BLOCK_T=agg_tile, NG=agg_group, HAS_Z=z is not None,
         num_warps=AGGREGATE_WARPS, **consts,
